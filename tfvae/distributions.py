@@ -1,0 +1,152 @@
+"""Likelihood heads p(x|z), posterior families q(z|x) and priors p(z), as TFP distributions.
+
+A likelihood head turns the decoder's raw output, shaped ``[..., *data_shape, params_per_dim]``,
+into a distribution whose event shape is the data shape, so that ``log_prob(x)`` is the sum
+of the per-pixel log-densities (nats per example). Parameters are cast to float32 first, so
+log-probabilities stay float32 under mixed precision.
+
+Heads are Keras layers because some own weights (a learned Gaussian scale); they are used
+through `distribution(params)`, never called like ordinary layers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Literal
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfvae.config import PositiveFloat, validate
+from tfvae.registry import close_matches_message
+
+tfd = tfp.distributions
+
+SCALE_EPS = 1e-4  # lower bound on every learned scale: softplus(raw) + SCALE_EPS
+
+
+def positive_scale(raw):
+    """softplus(raw) + SCALE_EPS: a scale that is positive and bounded away from 0."""
+    return tf.nn.softplus(raw) + SCALE_EPS
+
+
+class Likelihood(keras.layers.Layer):
+    """Base of the likelihood heads.
+
+    Attributes:
+      params_per_dim: how many decoder outputs each data dimension takes.
+      support: "unit_interval" (data must lie in [0, 1]) or "real".
+    """
+
+    params_per_dim = 1
+    support = "real"
+
+    def __init__(self, data_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.data_shape = tuple(data_shape)
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def distribution(self, params) -> tfd.Distribution:
+        raise NotImplementedError
+
+    def _independent(self, base):
+        return tfd.Independent(base, reinterpreted_batch_ndims=len(self.data_shape))
+
+
+class BernoulliLikelihood(Likelihood):
+    """p(x|z) = prod_d Bernoulli(x_d; sigmoid(logit_d)); accepts x in [0, 1] (soft targets)."""
+
+    support = "unit_interval"
+
+    def distribution(self, params):
+        logits = tf.cast(params[..., 0], tf.float32)
+        return self._independent(tfd.Bernoulli(logits=logits, dtype=tf.float32))
+
+
+class GaussianLikelihood(Likelihood):
+    """p(x|z) = prod_d N(x_d; mu_d, sigma_d^2).
+
+    scale: a number (fixed sigma), "learned" (one trainable sigma per data dimension,
+    independent of z) or "predicted" (the decoder outputs sigma_d(z) as well).
+    """
+
+    def __init__(self, data_shape, scale="learned", **kwargs):
+        super().__init__(data_shape, **kwargs)
+        self.scale = scale
+        self.params_per_dim = 2 if scale == "predicted" else 1
+
+    def build(self, input_shape=None):
+        if self.scale == "learned":
+            # softplus(0.5413) + eps ~= 1: start from unit variance.
+            self.raw_scale = self.add_weight(
+                shape=self.data_shape, initializer=keras.initializers.Constant(0.5413), name="raw_scale")
+        self.built = True
+
+    def distribution(self, params):
+        params = tf.cast(params, tf.float32)
+        loc = params[..., 0]
+        if self.scale == "predicted":
+            scale = positive_scale(params[..., 1])
+        elif self.scale == "learned":
+            scale = positive_scale(tf.cast(self.raw_scale, tf.float32)) * tf.ones_like(loc)
+        else:
+            scale = tf.fill(tf.shape(loc), tf.constant(float(self.scale), tf.float32))
+        return self._independent(tfd.Normal(loc=loc, scale=scale))
+
+
+@dataclasses.dataclass(frozen=True)
+class BernoulliSpec:
+    type: Literal["bernoulli"] = "bernoulli"
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianSpec:
+    type: Literal["gaussian"] = "gaussian"
+    scale: PositiveFloat | Literal["learned", "predicted"] = "learned"
+
+
+LIKELIHOODS = {
+    "bernoulli": (BernoulliSpec, BernoulliLikelihood),
+    "gaussian": (GaussianSpec, GaussianLikelihood),
+}
+
+
+def normalize_spec(spec, registry: Mapping, kind: str) -> dict:
+    """A validated spec dict from a name ("bernoulli") or a mapping ({"type": ..., ...})."""
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, Mapping) or "type" not in spec:
+        raise ValueError(f"a {kind} is a name or a mapping with a 'type' key, got {spec!r}")
+    if spec["type"] not in registry:
+        raise ValueError(close_matches_message(kind, spec["type"], registry))
+    return validate(registry[spec["type"]][0], spec, f"{kind} {spec['type']!r}")
+
+
+def build_likelihood(spec, data_shape) -> Likelihood:
+    """The likelihood head named by `spec` for data of shape `data_shape`."""
+    spec = normalize_spec(spec, LIKELIHOODS, "likelihood")
+    layer_cls = LIKELIHOODS[spec.pop("type")][1]
+    return layer_cls(data_shape, **spec, name="likelihood")
+
+
+class DiagonalGaussianPosterior:
+    """q(z|x) = N(mu(x), diag(sigma(x)^2)), sigma = softplus(raw) + eps; 2 * latent_dim params."""
+
+    @staticmethod
+    def num_params(latent_dim: int) -> int:
+        return 2 * latent_dim
+
+    @staticmethod
+    def distribution(params) -> tfd.Distribution:
+        params = tf.cast(params, tf.float32)
+        loc, raw_scale = tf.split(params, 2, axis=-1)
+        return tfd.MultivariateNormalDiag(loc=loc, scale_diag=positive_scale(raw_scale))
+
+
+def standard_normal(latent_dim: int) -> tfd.Distribution:
+    """p(z) = N(0, I) with event shape [latent_dim]."""
+    return tfd.MultivariateNormalDiag(loc=tf.zeros([latent_dim]), scale_diag=tf.ones([latent_dim]))
+

@@ -1,0 +1,270 @@
+"""The VAE contract every variant of the zoo implements.
+
+A model defines a prior p(z), a decoder p(x|z) and an amortized posterior q(z|x):
+
+    log p(x) >= ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z))
+
+`BaseVAE` builds the networks from config, returns TFP distributions from `prior`,
+`encode` and `decode`, computes the ELBO's terms, and trains with Keras `fit` through
+`train_step`/`test_step`. A variant overrides what differs: usually `objective_and_terms`
+(the loss it trains on), sometimes `prior` or the posterior family.
+
+Conventions: every log-density is in nats per example, summed over data dimensions;
+losses are means over the batch of per-example values; beta-like weights multiply the
+per-example KL. Randomness comes from explicit stateless seeds (shape [2], int32) or,
+when none is given, from the model's `keras.random.SeedGenerator`, so a seed makes a
+run reproducible.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Literal
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfvae.config import NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.distributions import DiagonalGaussianPosterior, build_likelihood, normalize_spec, LIKELIHOODS, \
+    standard_normal
+from tfvae.inputs import as_float_tensor, check_batch, check_condition
+from tfvae.nets import build_decoder, build_encoder, normalize_net_spec
+
+tfd = tfp.distributions
+
+METRIC_NAMES = ("loss", "elbo", "log_px_z", "kl")
+
+
+def as_seed(seed) -> tf.Tensor:
+    """A stateless seed (int32 tensor of shape [2]) from an int or a length-2 sequence/tensor."""
+    if isinstance(seed, int):
+        return tf.constant([seed, 0], tf.int32)
+    seed = tf.convert_to_tensor(seed)
+    if seed.shape.rank != 1 or (seed.shape[0] is not None and seed.shape[0] != 2):
+        raise ValueError(f"a seed is an int or a pair of ints, got shape {seed.shape}")
+    return tf.cast(seed, tf.int32)
+
+
+class BaseVAE(keras.Model):
+    """A VAE with a Gaussian posterior; variants subclass it and override what differs.
+
+    Args:
+      data_shape: shape of one example, e.g. (28, 28, 1) or (784,).
+      latent_dim: size of z.
+      encoder: network spec for q(z|x): a name ("mlp", "conv") or a mapping with "type".
+      decoder: network spec for p(x|z); None mirrors the encoder's spec.
+      likelihood: "bernoulli" or {"type": "gaussian", "scale": 0.1 | "learned" | "predicted"}.
+      condition_dim: size of the condition vector c (0: unconditional). When > 0, every
+        method takes `condition=` of shape [B, condition_dim] and `fit` takes (x, c) pairs;
+        q(z|x, c) and p(x|z, c) see c concatenated to their inputs.
+      kl: "analytic" (closed form where TFP has one, else Monte Carlo) or "monte_carlo".
+      seed: seed of the sampling stream used inside `fit` and when no seed is passed.
+    """
+
+    posterior_family = DiagonalGaussianPosterior
+
+    def __init__(self, data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
+                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
+                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
+                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
+                 name: str | None = None):
+        super().__init__(name=name or getattr(type(self), "registered_name", "vae"))
+        args = validate(BaseVAE, dict(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder,
+                                      decoder=decoder, likelihood=likelihood, condition_dim=condition_dim,
+                                      kl=kl, seed=seed, name=name), f"model {self.name!r}")
+        self.data_shape = tuple(args["data_shape"])
+        self.latent_dim = args["latent_dim"]
+        self.condition_dim = args["condition_dim"]
+        self.kl_mode = args["kl"]
+        encoder_spec = normalize_net_spec(args["encoder"])
+        decoder_spec = normalize_net_spec(args["decoder"] if args["decoder"] is not None else encoder_spec)
+        likelihood_spec = normalize_spec(args["likelihood"], LIKELIHOODS, "likelihood")
+        self.seed = args["seed"]
+        # Kept as JSON text: Keras would wrap a dict attribute in a tracking container.
+        self._base_config_json = json.dumps(dict(
+            data_shape=list(self.data_shape), latent_dim=self.latent_dim, encoder=encoder_spec,
+            decoder=decoder_spec, likelihood=likelihood_spec, condition_dim=self.condition_dim,
+            kl=self.kl_mode, seed=self.seed))
+
+        self.likelihood = build_likelihood(likelihood_spec, self.data_shape)
+        self.encoder_net = build_encoder(encoder_spec, self.data_shape, self.condition_dim,
+                                         self.posterior_family.num_params(self.latent_dim))
+        self.decoder_net = build_decoder(decoder_spec, self.latent_dim, self.data_shape,
+                                         self.likelihood.params_per_dim, self.condition_dim)
+        self.seed_generator = keras.random.SeedGenerator(args["seed"], name="sampling_seed")
+        # Multiplies the KL term of the training objective; the KL warm-up callback ramps it 0 -> 1.
+        self.kl_weight = self.add_weight(shape=(), initializer="ones", trainable=False, name="kl_weight")
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in METRIC_NAMES}
+        self.build()
+
+    # ----------------------------------------------------------------- Keras plumbing
+    def build(self, input_shape=None):
+        for layer in (self.likelihood, self.encoder_net, self.decoder_net):
+            layer.build()
+        self.built = True
+
+    def get_config(self):
+        # Plain Python containers only (JSON/YAML-safe); variants add their own keys.
+        return {**json.loads(self._base_config_json), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    # ----------------------------------------------------------------- distributions
+    def prior(self) -> tfd.Distribution:
+        """p(z): N(0, I), event shape [latent_dim]."""
+        return standard_normal(self.latent_dim)
+
+    def encode(self, x, condition=None, training=False) -> tfd.Distribution:
+        """q(z|x[, c]) with batch shape [B] and event shape [latent_dim]."""
+        x = check_batch(x, self.data_shape, "x", self.likelihood.support)
+        condition = check_condition(condition, self.condition_dim, x.shape[0])
+        return self.posterior_family.distribution(self.encoder_net(x, condition, training=training))
+
+    def decode(self, z, condition=None, training=False) -> tfd.Distribution:
+        """p(x|z[, c]) for z of shape [..., latent_dim]; batch shape [...], event = data shape.
+
+        A condition of shape [B, C] is broadcast against z's leading dims (e.g. [k, B]).
+        """
+        z = as_float_tensor(z, "z")
+        if z.shape.rank is None or z.shape.rank < 1 or z.shape[-1] not in (None, self.latent_dim):
+            raise ValueError(f"z must have shape (..., {self.latent_dim}), got {tuple(z.shape)}")
+        leading = tf.shape(z)[:-1]
+        flat_condition = None
+        if self.condition_dim:
+            condition = check_condition(condition, self.condition_dim)
+            full = tf.concat([leading, [self.condition_dim]], axis=0)
+            flat_condition = tf.reshape(tf.broadcast_to(condition, full), [-1, self.condition_dim])
+        elif condition is not None:
+            check_condition(condition, 0)
+        params = self.decoder_net(tf.reshape(z, [-1, self.latent_dim]), flat_condition, training=training)
+        params = tf.reshape(params, tf.concat(
+            [leading, self.data_shape, [self.likelihood.params_per_dim]], axis=0))
+        return self.likelihood.distribution(params)
+
+    # ----------------------------------------------------------------- bounds
+    def _seed(self, seed):
+        if seed is None:
+            return tf.cast(self.seed_generator.next(), tf.int32)
+        return as_seed(seed)
+
+    def _sample_posterior(self, x, k, condition, seed, posterior, training):
+        """(q, z [k, B, L], log p(x|z) [k, B]) for k samples of z ~ q per example."""
+        x = check_batch(x, self.data_shape, "x", self.likelihood.support)
+        q = posterior if posterior is not None else self.encode(x, condition, training=training)
+        z = q.sample(k, seed=self._seed(seed))
+        return q, z, self.decode(z, condition, training=training).log_prob(x)
+
+    def kl_term(self, q, z=None):
+        """KL(q || p(z)) per example: closed form when TFP has it (and kl="analytic"),
+        else the Monte Carlo mean over the samples z [k, B, L] of log q(z) - log p(z)."""
+        if self.kl_mode == "analytic":
+            try:
+                return tfd.kl_divergence(q, self.prior())
+            except NotImplementedError:
+                pass
+        if z is None:
+            raise ValueError("a Monte Carlo KL needs samples z")
+        return tf.reduce_mean(q.log_prob(z) - self.prior().log_prob(z), axis=0)
+
+    def elbo_terms(self, x, k: int = 1, condition=None, seed=None, posterior=None, training=False):
+        """Per-example ELBO terms, in nats, each of shape [B]:
+
+            log_px_z = (1/k) sum_i log p(x|z_i),  z_i ~ q(z|x)
+            kl       = KL(q(z|x) || p(z))
+            elbo     = log_px_z - kl
+
+        posterior: use this distribution (batch shape [B]) instead of the encoder's q, e.g.
+        an exact or per-example optimised posterior.
+        """
+        q, z, log_px_z = self._sample_posterior(x, k, condition, seed, posterior, training)
+        log_px_z = tf.reduce_mean(log_px_z, axis=0)
+        kl = self.kl_term(q, z)
+        return {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl}
+
+    def log_weights(self, x, k: int, condition=None, seed=None, posterior=None):
+        """Importance weights of k samples z_i ~ q per example, each [k, B]:
+
+            log_w = log p(x|z) + log p(z) - log q(z|x);  log p(x) = log E_q[w].
+        Also returns the three terms (keys log_px_z, log_pz, log_qz) and the proposal q.
+        """
+        q, z, log_px_z = self._sample_posterior(x, k, condition, seed, posterior, training=False)
+        log_pz, log_qz = self.prior().log_prob(z), q.log_prob(z)
+        return {"log_w": log_px_z + log_pz - log_qz, "log_px_z": log_px_z, "log_pz": log_pz,
+                "log_qz": log_qz, "posterior": q}
+
+    def objective_and_terms(self, x, condition=None, training=False):
+        """(scalar loss, per-example ELBO terms). The VAE loss is the negative ELBO with the
+        KL weighted by `kl_weight` (1 after warm-up), averaged over the batch."""
+        terms = self.elbo_terms(x, 1, condition, training=training)
+        weight = tf.cast(self.kl_weight, tf.float32)
+        return -tf.reduce_mean(terms["log_px_z"] - weight * terms["kl"]), terms
+
+    def objective(self, x, condition=None, training=False):
+        """The scalar loss this variant trains on."""
+        return self.objective_and_terms(x, condition, training)[0]
+
+    # ----------------------------------------------------------------- fit
+    def unpack(self, data):
+        """(x, condition) from a dataset element: x, or (x, c) for a conditional model."""
+        if isinstance(data, (tuple, list)):
+            if self.condition_dim:
+                if len(data) < 2:
+                    raise ValueError("a conditional model trains on (x, condition) pairs")
+                return data[0], data[1]
+            return data[0], None
+        if self.condition_dim:
+            raise ValueError(f"this model is conditional (condition_dim={self.condition_dim}): "
+                             f"its data must yield (x, condition) pairs, e.g. labels=True")
+        return data, None
+
+    def _record(self, loss, terms):
+        self.trackers["loss"].update_state(loss)
+        for name in ("elbo", "log_px_z", "kl"):
+            self.trackers[name].update_state(terms[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def train_step(self, data):
+        x, condition = self.unpack(data)
+        with tf.GradientTape() as tape:
+            loss, terms = self.objective_and_terms(x, condition, training=True)
+            total = loss + tf.add_n(self.losses) if self.losses else loss
+        gradients = tape.gradient(total, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        return self._record(loss, terms)
+
+    def test_step(self, data):
+        x, condition = self.unpack(data)
+        loss, terms = self.objective_and_terms(x, condition, training=False)
+        return self._record(loss, terms)
+
+    def call(self, inputs, training=False):
+        """The reconstruction mean E[x | z = E_q[z]]; inputs are x or (x, condition)."""
+        x, condition = self.unpack(inputs)
+        return self.reconstruct(x, condition, training=training)
+
+    # ----------------------------------------------------------------- conveniences
+    def reconstruct(self, x, condition=None, training=False):
+        """Mean of p(x | z = mean of q(z|x)), shape [B, *data_shape]."""
+        q = self.encode(x, condition, training=training)
+        return self.decode(q.mean(), condition, training=training).mean()
+
+    def sample(self, n: int, seed=None, condition=None, mean: bool = True):
+        """n draws x ~ p(x|z), z ~ p(z); the means of p(x|z) when `mean` (images without
+        pixel noise), else samples. condition: [n, C] or [C] for a conditional model."""
+        if isinstance(n, bool) or not isinstance(n, (int, tf.Tensor)) or (isinstance(n, int) and n <= 0):
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        seed = self._seed(seed)
+        z = self.prior().sample(n, seed=seed)
+        if self.condition_dim:
+            condition = as_float_tensor(condition, "condition") if condition is not None else None
+            if condition is not None and condition.shape.rank == 1:
+                condition = tf.broadcast_to(condition, [n, self.condition_dim])
+        p = self.decode(z, condition)
+        return p.mean() if mean else p.sample(seed=tf.random.experimental.stateless_fold_in(seed, 1))
