@@ -161,17 +161,23 @@ class BaseVAE(keras.Model):
         z = q.sample(k, seed=self._seed(seed))
         return q, z, self.decode(z, condition, training=training).log_prob(x)
 
-    def kl_term(self, q, z=None):
-        """KL(q || p(z)) per example: closed form when TFP has it (and kl="analytic"),
-        else the Monte Carlo mean over the samples z [k, B, L] of log q(z) - log p(z)."""
-        if self.kl_mode == "analytic":
-            try:
-                return tfd.kl_divergence(q, self.prior())
-            except NotImplementedError:
-                pass
-        if z is None:
-            raise ValueError("a Monte Carlo KL needs samples z")
-        return tf.reduce_mean(q.log_prob(z) - self.prior().log_prob(z), axis=0)
+    def analytic_kl(self, q):
+        """KL(q || p(z)) per example in closed form, or None when kl="monte_carlo" or TFP
+        has no closed form for this pair of distributions."""
+        if self.kl_mode != "analytic":
+            return None
+        try:
+            return tfd.kl_divergence(q, self.prior())
+        except NotImplementedError:
+            return None
+
+    def kl_term(self, q, z):
+        """KL(q || p(z)) per example: `analytic_kl` when there is one, else the Monte Carlo
+        mean over the samples z [k, B, L] of log q(z) - log p(z)."""
+        kl = self.analytic_kl(q)
+        if kl is None:
+            kl = tf.reduce_mean(q.log_prob(z) - self.prior().log_prob(z), axis=0)
+        return kl
 
     def elbo_terms(self, x, k: int = 1, condition=None, seed=None, posterior=None, training=False):
         """Per-example ELBO terms, in nats, each of shape [B]:

@@ -1,0 +1,126 @@
+"""``tf.data`` input pipelines over the registered data sets."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+from .arrays import check_split, load_arrays
+from .errors import DataError
+from .registry import get_spec
+
+BINARIZE_MODES = (None, "static", "dynamic", "none")
+
+
+def load(name: str, split="train", data_dir=None, batch_size: int = 100,
+         binarize: str | None = None, shuffle: bool | None = None, seed: int = 0,
+         labels: bool = False, max_examples: int | None = None, download: bool = True,
+         drop_remainder: bool = False, verify: bool = False):
+    """Batched ``tf.data.Dataset`` of a split, or a tuple of them for a tuple of splits.
+
+    Elements are images ``float32 [B, H, W, C]``, or ``(images, one_hot)`` with
+    ``one_hot`` float32 ``[B, num_classes]`` when ``labels``.
+
+    - ``shuffle``: None shuffles the "train" split only; the buffer holds the
+      whole split, reshuffled every epoch, seeded by ``seed``.
+    - ``max_examples``: keep a random subset (seeded by ``seed``) of that size.
+    - ``binarize``: None uses the data set's default; "none" keeps the values;
+      "static" draws Bernoulli(pixel) once per split; "dynamic" draws afresh for
+      every train batch and epoch (reproducible from ``seed``) and once, fixed,
+      for other splits. Binary data sets are never binarized.
+    """
+    _check_arguments(batch_size, binarize, shuffle, seed, labels, max_examples)
+    spec = get_spec(name)
+    meta = spec.info
+    splits = (split,) if isinstance(split, str) else split
+    if not isinstance(splits, (tuple, list)) or not splits or not all(
+            isinstance(s, str) for s in splits):
+        raise ValueError(f"split must be a split name or a non-empty tuple of them, "
+                         f"got {split!r}")
+    for s in splits:
+        check_split(meta, s)
+    if labels and not meta.num_classes:
+        raise DataError(f"dataset {meta.name!r} has no labels; use labels=False")
+    mode = meta.default_binarize if binarize is None else binarize
+    if mode == "none" or meta.binary:
+        mode = None
+    datasets = tuple(
+        _pipeline(meta, s, load_arrays(name, s, data_dir, download, verify), mode,
+                  batch_size, shuffle, seed, labels, max_examples, drop_remainder)
+        for s in splits)
+    return datasets[0] if isinstance(split, str) else datasets
+
+
+def _pipeline(meta, split, arrays, mode, batch_size, shuffle, seed, labels,
+              max_examples, drop_remainder) -> tf.data.Dataset:
+    images, y = arrays
+    if max_examples is not None and max_examples < len(images):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:max_examples])
+        images = images[keep]
+        y = None if y is None else y[keep]
+    is_train = split == "train"
+    dynamic = mode == "dynamic" and is_train
+    if mode == "static" or (mode == "dynamic" and not is_train):
+        images = bernoulli(images, seed)
+    if labels:
+        one_hot = np.eye(meta.num_classes, dtype=np.float32)[y]
+        ds = tf.data.Dataset.from_tensor_slices((images, one_hot))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(images)
+    shuffled = is_train if shuffle is None else shuffle
+    if shuffled:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if dynamic:
+        ds = _binarize_batches(ds, seed, labels)
+    elif not shuffled:
+        ds = ds.cache()  # identical every epoch: batch once
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def bernoulli(images: np.ndarray, seed: int) -> np.ndarray:
+    """One Bernoulli draw of every pixel (probability = pixel value), float32 0/1."""
+    rng = np.random.default_rng(seed)
+    return (rng.random(images.shape, dtype=np.float32) < images).astype(np.float32)
+
+
+def _binarize_batches(ds: tf.data.Dataset, seed: int, labels: bool) -> tf.data.Dataset:
+    """Binarize every batch with a fresh draw, different each epoch.
+
+    Each batch is paired with a number from a seeded random stream that is
+    redrawn every epoch, and used as the seed of a stateless draw: the result
+    does not depend on thread scheduling, and the same ``seed`` repeats it.
+    """
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+    def draw(x, key):
+        u = tf.random.stateless_uniform(tf.shape(x), seed=tf.stack([key, seed]))
+        return tf.cast(u < x, x.dtype)
+
+    if labels:
+        return tf.data.Dataset.zip((ds, keys)).map(
+            lambda xy, key: (draw(xy[0], key), xy[1]),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return tf.data.Dataset.zip((ds, keys)).map(
+        draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _check_arguments(batch_size, binarize, shuffle, seed, labels, max_examples) -> None:
+    def is_int(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if not is_int(batch_size) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if binarize not in BINARIZE_MODES:
+        raise ValueError(f"binarize must be one of {BINARIZE_MODES}, got {binarize!r}")
+    if shuffle not in (None, True, False):
+        raise ValueError(f"shuffle must be None, True or False, got {shuffle!r}")
+    if not is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if labels not in (True, False):
+        raise ValueError(f"labels must be True or False, got {labels!r}")
+    if max_examples is not None and (not is_int(max_examples) or max_examples <= 0):
+        raise ValueError(f"max_examples must be None or a positive integer, "
+                         f"got {max_examples!r}")

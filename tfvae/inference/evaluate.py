@@ -1,0 +1,95 @@
+"""`evaluate`: ELBO and importance-sampled log p(x) of a model over a data set.
+
+For each example the importance sampler gives log p(x) (IWAE bound with k samples), the
+ELBO of the encoder, its reconstruction term and KL. The report gives their means over the
+examples with standard errors (std / sqrt(n)), the gap log p(x) - ELBO (= KL(q(z|x) || p(z|x))
+on average, up to the bias of the k-sample estimate), and bits per dimension.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfvae.inference.importance import DEFAULT_SAMPLES_PER_CHUNK, importance_sampling
+from tfvae.io import atomic_write_text
+
+PER_EXAMPLE_KEYS = ("log_px", "elbo", "log_px_z", "kl")
+
+
+def _batches(model, data, batch_size):
+    """(x, condition) batches from a tf.data.Dataset, an array, or an (x, condition) pair."""
+    if isinstance(data, tf.data.Dataset):
+        for element in data:
+            yield model.unpack(element)
+        return
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, condition = np.asarray(data[0]), np.asarray(data[1])
+    else:
+        x, condition = np.asarray(data), None
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"evaluate needs at least one example, got an array of shape {x.shape}")
+    for start in range(0, len(x), batch_size):
+        yield x[start:start + batch_size], None if condition is None else condition[start:start + batch_size]
+
+
+def _mean_and_se(values: np.ndarray) -> tuple[float, float]:
+    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return float(values.mean()), se
+
+
+def evaluate(model, data, k: int = 5000, seed: int = 0, batch_size: int = 100,
+             samples_per_chunk: int = DEFAULT_SAMPLES_PER_CHUNK, verbose: bool = True,
+             out_path: str | None = None, return_per_example: bool = False) -> dict:
+    """Evaluates `model` on `data` with k importance samples per example.
+
+    Args:
+      model: a model on the tfvae contract.
+      data: a batched tf.data.Dataset (x or (x, condition) elements), an array of
+        examples, or an (x, condition) pair of arrays.
+      k: importance samples per example (5000 is the standard for MNIST log-likelihoods).
+      seed: the same seed gives the same numbers.
+      batch_size: examples per batch when `data` is an array.
+      samples_per_chunk: bound on the number of z decoded at once (memory).
+      verbose: show a progress bar.
+      out_path: also write the report as JSON there (atomically).
+      return_per_example: include the per-example arrays under "per_example".
+    Returns:
+      dict with "log_px", "elbo", "log_px_z", "kl" (means, nats), their "*_se", "gap"
+      (log_px - elbo), "nll", "bits_per_dim", "examples", "k", "seconds", "examples_per_second".
+    """
+    total = len(data[0]) if isinstance(data, (tuple, list)) and len(data) == 2 else (
+        None if isinstance(data, tf.data.Dataset) else len(np.asarray(data)))
+    progress = keras.utils.Progbar(total, unit_name="example") if verbose else None
+    collected = {key: [] for key in PER_EXAMPLE_KEYS}
+    start = time.perf_counter()
+    seen = 0
+    for batch_index, (x, condition) in enumerate(_batches(model, data, batch_size)):
+        out = importance_sampling(model, x, k, condition, seed=[seed, batch_index],
+                                  samples_per_chunk=samples_per_chunk)
+        for key in PER_EXAMPLE_KEYS:
+            collected[key].append(out[key].numpy())
+        seen += len(collected["log_px"][-1])
+        if progress is not None:
+            progress.update(seen, values=[("log_px", float(np.mean(collected["log_px"][-1])))])
+    if seen == 0:
+        raise ValueError("evaluate got no examples: the data set is empty")
+    seconds = time.perf_counter() - start
+    arrays = {key: np.concatenate(v) for key, v in collected.items()}
+    report = {"k": k, "examples": seen}
+    for key in PER_EXAMPLE_KEYS:
+        report[key], report[f"{key}_se"] = _mean_and_se(arrays[key])
+    report["gap"], report["gap_se"] = _mean_and_se(arrays["log_px"] - arrays["elbo"])
+    report["nll"] = -report["log_px"]
+    report["bits_per_dim"] = report["nll"] / (math.log(2) * math.prod(model.data_shape))
+    report["seconds"] = seconds
+    report["examples_per_second"] = seen / seconds
+    if out_path is not None:
+        atomic_write_text(out_path, json.dumps(report, indent=2) + "\n")
+    if return_per_example:
+        report["per_example"] = arrays
+    return report

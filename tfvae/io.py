@@ -1,0 +1,39 @@
+"""Atomic file writes: write to a temporary name in the same directory, then rename.
+
+A crash leaves either the old file or the new one at the target path, never half a file.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = ""):
+    """Yields a temporary path next to `path`; on success it is renamed to `path`.
+
+    Works for files and directories (whatever the body writes at the yielded path). Keeps
+    `suffix` so that writers that check extensions (``.weights.h5``, ``.png``) accept it.
+    """
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+    tmp = os.path.join(tmp_dir, "partial" + suffix)
+    try:
+        yield tmp
+        if os.path.isdir(path) and not os.path.islink(path):
+            # A directory cannot be replaced in one rename: move the old one aside first.
+            old = os.path.join(tmp_dir, "old")
+            os.rename(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def atomic_write_text(path: str, text: str):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
