@@ -1,0 +1,201 @@
+"""Zoo presets: pick a model by name, the keras-hub way.
+
+A preset is a YAML file in `zoo_configs/` (installed as `tfvae.zoo_configs`) with five
+sections, each validated against the dataclasses below:
+
+    description: one line, then the protocol
+    model:       {class: <registered model name>, ...constructor arguments}
+    data:        DataSection
+    training:    TrainingSection
+    evaluation:  EvaluationSection
+
+A run directory written by `tfvae train` holds the same YAML as `config.yaml` next to
+`model.weights.h5`, so `from_preset(run_dir)` rebuilds the trained model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any, Literal
+
+import keras
+import yaml
+
+from tfvae.config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt, validate
+from tfvae.registry import close_matches_message, get_model_class
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.weights.h5"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """name: a `tfvae.data` data set; binarize: None keeps the data set's default;
+    labels: feed one-hot labels as the condition (conditional models)."""
+
+    name: str = "shapes"
+    binarize: Literal["static", "dynamic", "none"] | None = None
+    labels: bool = False
+    train_split: str = "train"
+    eval_split: str = "test"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSection:
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 100
+    optimizer: Literal["adam", "adamax", "rmsprop", "sgd"] = "adam"
+    learning_rate: PositiveFloat = 1e-3
+    clipnorm: PositiveFloat | None = None
+    kl_warmup_epochs: NonNegativeInt = 0
+    steps_per_epoch: PositiveInt | None = None
+    steps_per_execution: PositiveInt = 1
+    jit_compile: bool = False
+    seed: int = 0
+    image_every: NonNegativeInt = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSection:
+    """k importance samples on `examples` test examples drawn at random (None: all)."""
+
+    k: PositiveInt = 5000
+    examples: PositiveInt | None = 1000
+    batch_size: PositiveInt = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    description: str
+    model: dict
+    data: DataSection = DataSection()
+    training: TrainingSection = TrainingSection()
+    evaluation: EvaluationSection = EvaluationSection()
+    name: str = ""
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.pop("name")
+        return out
+
+    @property
+    def summary(self) -> str:
+        return self.description.strip().splitlines()[0] if self.description.strip() else ""
+
+
+def parse_preset(raw: Any, name: str) -> Preset:
+    """A validated Preset from a parsed YAML mapping."""
+    where = f"preset {name!r}"
+    top = validate(_TopLevel, raw, where, fill_defaults=False)
+    model = top.get("model")
+    if "class" not in model:
+        raise ConfigError(f"{where}: the model section needs 'class' (one of the registered models)")
+    model = dict(model)
+    cls = get_model_class(model.pop("class"))
+    model = validate(cls, model, f"{where}, model {cls.registered_name!r}", fill_defaults=False)
+    return Preset(
+        description=top.get("description", ""),
+        model={"class": cls.registered_name, **model},
+        data=DataSection(**validate(DataSection, top.get("data"), f"{where}, data section")),
+        training=TrainingSection(**validate(TrainingSection, top.get("training"), f"{where}, training section")),
+        evaluation=EvaluationSection(**validate(EvaluationSection, top.get("evaluation"),
+                                                f"{where}, evaluation section")),
+        name=name)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TopLevel:
+    model: dict
+    description: str = ""
+    data: dict | None = None
+    training: dict | None = None
+    evaluation: dict | None = None
+
+
+def _zoo_files() -> dict[str, Any]:
+    root = resources.files("tfvae.zoo_configs")
+    return {entry.name[:-5]: entry for entry in root.iterdir() if entry.name.endswith(".yaml")}
+
+
+def _read_yaml(text: str, source: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {e}") from None
+
+
+def load_preset(name_or_dir: str) -> Preset:
+    """The Preset of a zoo entry (by name), a run directory, or a YAML file path."""
+    if isinstance(name_or_dir, (str, os.PathLike)) and os.path.isdir(name_or_dir):
+        path = os.path.join(name_or_dir, CONFIG_FILE)
+        if not os.path.isfile(path):
+            raise ConfigError(f"{name_or_dir} is not a run directory: it has no {CONFIG_FILE}")
+        with open(path) as f:
+            return parse_preset(_read_yaml(f.read(), path), os.path.basename(os.path.normpath(name_or_dir)))
+    if isinstance(name_or_dir, str) and name_or_dir.endswith((".yaml", ".yml")) and os.path.isfile(name_or_dir):
+        with open(name_or_dir) as f:
+            return parse_preset(_read_yaml(f.read(), name_or_dir), os.path.basename(name_or_dir).rsplit(".", 1)[0])
+    files = _zoo_files()
+    if name_or_dir not in files:
+        raise ValueError(close_matches_message("preset", name_or_dir, files))
+    return parse_preset(_read_yaml(files[name_or_dir].read_text(), f"zoo config {name_or_dir}.yaml"), name_or_dir)
+
+
+def list_presets() -> dict[str, str]:
+    """Zoo preset names -> their one-line descriptions."""
+    return {name: load_preset(name).summary for name in sorted(_zoo_files())}
+
+
+def build_model(model_config: Mapping, **overrides) -> keras.Model:
+    """The model described by a `{class: name, ...arguments}` mapping, with overrides applied."""
+    config = dict(model_config)
+    cls = get_model_class(config.pop("class"))
+    config.update(overrides)
+    return cls(**validate(cls, config, f"model {cls.registered_name!r}"))
+
+
+def make_optimizer(training: TrainingSection) -> keras.optimizers.Optimizer:
+    optimizers = {"adam": keras.optimizers.Adam, "adamax": keras.optimizers.Adamax,
+                  "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}
+    return optimizers[training.optimizer](learning_rate=training.learning_rate, clipnorm=training.clipnorm)
+
+
+def compile_model(model, training: TrainingSection):
+    """Compiles `model` with the preset's optimizer and step settings (no Keras loss: the
+    model's own objective is the loss)."""
+    model.compile(optimizer=make_optimizer(training), steps_per_execution=training.steps_per_execution,
+                  jit_compile=training.jit_compile)
+    return model
+
+
+def load_weights(model, path: str):
+    """Loads a `.weights.h5` file; a shape mismatch names the variable and both shapes."""
+    if not os.path.isfile(path):
+        raise ValueError(f"weights file not found: {path}")
+    try:
+        model.load_weights(path)
+    except ValueError as e:
+        raise ValueError(f"the weights in {path} do not fit model {model.name!r} as configured: {e}") from None
+
+
+def from_preset(name: str, weights: str | None = None, compile: bool = True, **overrides) -> keras.Model:
+    """A zoo model, built (and compiled with its preset's optimizer, ready for `fit`).
+
+    Args:
+      name: a zoo preset name (`list_presets()`), or a run directory written by
+        `tfvae train` (its trained weights are loaded unless `weights` is given).
+      weights: a `.weights.h5` file to load, e.g. to fine-tune a trained model.
+      compile: compile with the preset's optimizer, learning rate and step settings.
+      **overrides: model constructor arguments replacing the preset's (e.g. latent_dim=10).
+    """
+    preset = load_preset(name)
+    model = build_model(preset.model, **overrides)
+    if weights is None and os.path.isdir(str(name)) and os.path.isfile(os.path.join(name, WEIGHTS_FILE)):
+        weights = os.path.join(name, WEIGHTS_FILE)
+    if weights is not None:
+        load_weights(model, weights)
+    if compile:
+        compile_model(model, preset.training)
+    return model
