@@ -62,9 +62,12 @@ def evaluate(model, data, k: int = 5000, seed: int = 0, batch_size: int = 100,
       dict with "log_px", "elbo", "log_px_z", "kl" (means, nats), their "*_se", "gap"
       (log_px - elbo), "nll", "bits_per_dim", "examples", "k", "seconds", "examples_per_second".
     """
-    total = len(data[0]) if isinstance(data, (tuple, list)) and len(data) == 2 else (
-        None if isinstance(data, tf.data.Dataset) else len(np.asarray(data)))
-    progress = keras.utils.Progbar(total, unit_name="example") if verbose else None
+    if isinstance(data, tf.data.Dataset):
+        total = int(data.cardinality()) if int(data.cardinality()) >= 0 else None
+    else:
+        n = len(data[0]) if isinstance(data, (tuple, list)) and len(data) == 2 else len(np.asarray(data))
+        total = -(-n // batch_size)
+    progress = keras.utils.Progbar(total, unit_name="batch") if verbose else None
     collected = {key: [] for key in PER_EXAMPLE_KEYS}
     start = time.perf_counter()
     seen = 0
@@ -75,7 +78,8 @@ def evaluate(model, data, k: int = 5000, seed: int = 0, batch_size: int = 100,
             collected[key].append(out[key].numpy())
         seen += len(collected["log_px"][-1])
         if progress is not None:
-            progress.update(seen, values=[("log_px", float(np.mean(collected["log_px"][-1])))])
+            progress.update(batch_index + 1, values=[("log_px", float(np.mean(collected["log_px"][-1])))],
+                            finalize=batch_index + 1 == total)
     if seen == 0:
         raise ValueError("evaluate got no examples: the data set is empty")
     seconds = time.perf_counter() - start

@@ -1,0 +1,178 @@
+"""The `tfvae` command: list | train | evaluate | export | sample.
+
+Errors in what the user gave (unknown preset, bad config, missing data file) print one
+line, `tfvae: error: ...`, and exit with status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import yaml
+
+DEFAULT_PRESET = "vae_shapes"
+
+
+def _quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _key_value(text: str):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. latent_dim=10), got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def cmd_list(args):
+    import tfvae
+    print("Models:")
+    for name in tfvae.list_models():
+        doc = (tfvae.get_model_class(name).__doc__ or "").strip().splitlines()
+        print(f"  {name:<18} {doc[0] if doc else ''}")
+    print("Presets:")
+    for name, summary in tfvae.list_presets().items():
+        print(f"  {name:<18} {summary}")
+    print("Data sets:")
+    for name in tfvae.data.list_datasets():
+        print(f"  {name:<18} {tfvae.data.info(name).description.strip().splitlines()[0]}")
+
+
+def _print_report(report: dict):
+    rows = [("log p(x) (IWAE, k={k})".format(k=report["k"]), "log_px"), ("ELBO", "elbo"),
+            ("  E_q[log p(x|z)]", "log_px_z"), ("  KL(q(z|x) || p(z))", "kl"), ("log p(x) - ELBO", "gap")]
+    print(f"{report['examples']} examples, {report['seconds']:.1f} s ({report['examples_per_second']:.1f}/s)")
+    for label, key in rows:
+        print(f"  {label:<24} {report[key]:>10.2f} ± {report[key + '_se']:.2f} nats")
+    print(f"  {'NLL':<24} {report['nll']:>10.2f} nats  ({report['bits_per_dim']:.4f} bits/dim)")
+
+
+def cmd_train(args):
+    from tfvae.training import train
+    training = {k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                      seed=args.seed, steps_per_epoch=args.steps_per_epoch,
+                                      steps_per_execution=args.steps_per_execution,
+                                      kl_warmup_epochs=args.kl_warmup_epochs).items() if v is not None}
+    if args.jit_compile:
+        training["jit_compile"] = True
+    evaluation = {k: v for k, v in dict(k=args.eval_k, examples=args.eval_examples).items() if v is not None}
+    out = train(args.preset, out=args.out, data_dir=args.data_dir, model=dict(args.set or []), training=training,
+                evaluation=evaluation, weights=args.weights, evaluate_after=not args.no_eval,
+                verbose=1 if args.verbose else 2)
+    print(f"Run directory: {out}")
+    report_path = os.path.join(out, "evaluation.json")
+    if os.path.exists(report_path):
+        with open(report_path) as f:
+            _print_report(json.load(f))
+
+
+def _run_model(run_dir):
+    from tfvae.presets import from_preset, load_preset
+    return load_preset(run_dir), from_preset(run_dir, compile=False)
+
+
+def cmd_evaluate(args):
+    from tfvae.inference import evaluate
+    from tfvae.training.run import load_eval_data
+    preset, model = _run_model(args.run_dir)
+    k = args.k or preset.evaluation.k
+    data = load_eval_data(preset, args.data_dir, examples=args.examples, split=args.split, seed=args.seed)
+    out_path = args.out or os.path.join(args.run_dir, "evaluation.json")
+    report = evaluate(model, data, k=k, seed=args.seed, out_path=out_path)
+    _print_report(report)
+    print(f"Wrote {out_path}")
+
+
+def cmd_export(args):
+    from tfvae.export import export
+    _, model = _run_model(args.run_dir)
+    path = export(model, args.out, k=args.k, max_samples=args.max_samples)
+    print(f"SavedModel written to {path}")
+
+
+def cmd_sample(args):
+    import numpy as np
+    from tfvae.training.images import save_image_grid
+    _, model = _run_model(args.run_dir)
+    condition = None
+    if model.condition_dim:
+        labels = np.arange(args.n) % model.condition_dim
+        condition = np.eye(model.condition_dim, dtype="float32")[labels]
+    images = model.sample(args.n, seed=args.seed, condition=condition).numpy()
+    out = args.out or os.path.join(args.run_dir, f"samples_seed{args.seed}.png")
+    save_image_grid({f"{args.n} samples, seed {args.seed}": images}, out, columns=min(args.n, 16))
+    print(f"Wrote {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfvae", description="Variational autoencoders on Keras 3 and TFP.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="models, presets and data sets").set_defaults(func=cmd_list)
+
+    p = sub.add_parser("train", help="train a preset and write a run directory")
+    p.add_argument("preset", nargs="?", default=DEFAULT_PRESET,
+                   help=f"zoo preset, run directory or YAML file (default: {DEFAULT_PRESET}, no download)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps-per-epoch", type=int, help="limit each epoch to this many steps")
+    p.add_argument("--steps-per-execution", type=int, help="training steps per compiled call")
+    p.add_argument("--jit-compile", action="store_true", help="compile the steps with XLA")
+    p.add_argument("--kl-warmup-epochs", type=int, help="ramp the KL weight from 0 to 1 over this many epochs")
+    p.add_argument("--data-dir", help="directory holding the data set's files (else the download cache)")
+    p.add_argument("--out", help="run directory (default: runs/<preset>_<timestamp>)")
+    p.add_argument("--weights", help="start from these .weights.h5 (fine-tuning)")
+    p.add_argument("--set", action="append", type=_key_value, metavar="KEY=VALUE",
+                   help="override a model setting, e.g. --set latent_dim=10 (repeatable)")
+    p.add_argument("--eval-k", type=int, help="importance samples for the final evaluation")
+    p.add_argument("--eval-examples", type=int, help="test examples (drawn at random) for the final evaluation")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--verbose", action="store_true", help="a progress bar per step instead of a line per epoch")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="ELBO and importance-sampled log p(x) of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--k", type=int, help="importance samples per example (default: the preset's)")
+    p.add_argument("--examples", type=int, help="examples drawn at random (default: the preset's)")
+    p.add_argument("--split", help="data split (default: the preset's evaluation split)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir")
+    p.add_argument("--out", help="JSON report path (default: RUN_DIR/evaluation.json)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a run as a SavedModel")
+    p.add_argument("run_dir")
+    p.add_argument("out")
+    p.add_argument("--k", type=int, default=1000, help="importance samples of the log_likelihood endpoint")
+    p.add_argument("--max-samples", type=int, default=10000, help="cap on n of the sample endpoint")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("sample", help="a PNG grid of samples from a run's model")
+    p.add_argument("run_dir")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="PNG path (default: RUN_DIR/samples_seed<SEED>.png)")
+    p.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_tensorflow()
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"tfvae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tfvae: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

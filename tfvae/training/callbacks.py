@@ -1,0 +1,78 @@
+"""Keras callbacks for VAE training runs."""
+from __future__ import annotations
+
+import math
+import os
+
+import keras
+import numpy as np
+
+from tfvae.io import atomic_path
+from tfvae.training.images import save_image_grid
+
+
+class KLWarmup(keras.callbacks.Callback):
+    """Ramps the model's `kl_weight` linearly from 0 to 1 over the first `epochs` epochs
+    (Bowman et al. 2016; Sønderby et al. 2016), updated before every training step:
+    weight = min(1, step / (epochs * steps_per_epoch))."""
+
+    def __init__(self, epochs: float):
+        super().__init__()
+        if epochs <= 0:
+            raise ValueError(f"KL warm-up needs a positive number of epochs, got {epochs}")
+        self.epochs = epochs
+        self.step = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps_per_epoch = self.params.get("steps") or 1
+        self.model.kl_weight.assign(min(1.0, self.step / (self.epochs * steps_per_epoch)))
+        self.step += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["kl_weight"] = float(self.model.kl_weight.numpy())
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """Saves the last weights every epoch and the best ones (lowest `monitor`), atomically:
+    a crash while saving leaves the previous file intact."""
+
+    def __init__(self, last_path: str, best_path: str, monitor: str = "val_loss"):
+        super().__init__()
+        self.last_path, self.best_path, self.monitor = last_path, best_path, monitor
+        self.best = math.inf
+        self.best_epoch = None
+
+    def _save(self, path):
+        with atomic_path(path, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self._save(self.last_path)
+        value = logs.get(self.monitor, logs.get("loss"))
+        if value is not None and np.isfinite(value) and value < self.best:
+            self.best, self.best_epoch = float(value), epoch + 1
+            self._save(self.best_path)
+
+
+class ImageGrid(keras.callbacks.Callback):
+    """Every `every` epochs, a PNG of fixed inputs, their reconstructions and samples
+    from the prior (fixed seed), so that epochs can be compared by eye."""
+
+    def __init__(self, x, directory: str, condition=None, every: int = 1, n: int = 16, seed: int = 0):
+        super().__init__()
+        self.x = np.asarray(x[:n])
+        self.condition = None if condition is None else np.asarray(condition[:n])
+        self.directory, self.every, self.seed = directory, every, seed
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.every or (epoch + 1) % self.every:
+            return
+        reconstruction = self.model.reconstruct(self.x, self.condition).numpy()
+        samples = self.model.sample(len(self.x), seed=self.seed, condition=self.condition).numpy()
+        loss = (logs or {}).get("val_loss", (logs or {}).get("loss"))
+        save_image_grid({"data": self.x, "reconstruction (mean of p(x|z), z = mean of q)": reconstruction,
+                         "samples (mean of p(x|z), z ~ p(z))": samples},
+                        os.path.join(self.directory, f"epoch_{epoch + 1:03d}.png"),
+                        title=f"epoch {epoch + 1}" + (f", loss {loss:.2f}" if loss is not None else ""))

@@ -1,0 +1,137 @@
+"""`train`: one preset -> one complete run directory.
+
+    run_dir/
+      config.yaml          the resolved preset (with overrides): `from_preset(run_dir)` rebuilds it
+      model.weights.h5     weights after the last epoch
+      best.weights.h5      weights of the epoch with the lowest validation loss
+      history.csv          per-epoch metrics (loss, elbo, log_px_z, kl and their val_ twins)
+      images/epoch_NNN.png data, reconstructions and prior samples after each epoch
+      evaluation.json      ELBO and importance-sampled log p(x) on the evaluation split
+      metadata.json        versions, data set, seed, timings, final metrics
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+import yaml
+
+from tfvae import data as datasets
+from tfvae.config import validate
+from tfvae.inference.evaluate import evaluate
+from tfvae.io import atomic_write_text
+from tfvae.presets import (CONFIG_FILE, WEIGHTS_FILE, EvaluationSection, Preset, TrainingSection,
+                           build_model, compile_model, load_preset, load_weights)
+from tfvae.training.callbacks import Checkpoints, ImageGrid, KLWarmup
+from tfvae.version import __version__
+
+BEST_WEIGHTS_FILE = "best.weights.h5"
+
+
+def versions() -> dict:
+    return {"tfvae": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "tensorflow_probability": tfp.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def resolve_preset(preset: str | Preset, model: dict | None = None, training: dict | None = None,
+                   evaluation: dict | None = None) -> Preset:
+    """The preset with validated overrides of its model, training and evaluation sections."""
+    preset = load_preset(preset) if not isinstance(preset, Preset) else preset
+    model_config = dict(preset.model)
+    if model:
+        cls_name = model_config["class"]
+        build_model(model_config, **model)       # validates the overrides against the model class
+        model_config = {"class": cls_name, **{k: v for k, v in model_config.items() if k != "class"}, **model}
+    return dataclasses.replace(
+        preset, model=model_config,
+        training=TrainingSection(**{**dataclasses.asdict(preset.training),
+                                    **validate(TrainingSection, training or {}, "training overrides", False)}),
+        evaluation=EvaluationSection(**{**dataclasses.asdict(preset.evaluation),
+                                        **validate(EvaluationSection, evaluation or {}, "evaluation overrides",
+                                                   False)}))
+
+
+def default_run_dir(preset_name: str) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{preset_name}_{stamp}")
+
+
+def load_eval_data(preset: Preset, data_dir=None, examples=None, batch_size=None, split=None, seed: int = 0):
+    """The evaluation split: `examples` drawn at random with `seed` (the test files can be
+    ordered by class), batched, with labels when the model is conditional."""
+    return datasets.load(preset.data.name, split=split or preset.data.eval_split, data_dir=data_dir,
+                         batch_size=batch_size or preset.evaluation.batch_size, binarize=preset.data.binarize,
+                         shuffle=False, seed=seed, labels=preset.data.labels,
+                         max_examples=examples if examples is not None else preset.evaluation.examples)
+
+
+def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir: str | None = None,
+          model: dict | None = None, training: dict | None = None, evaluation: dict | None = None,
+          weights: str | None = None, evaluate_after: bool = True, verbose: int = 1) -> str:
+    """Trains a preset with Keras `fit` and writes a complete run directory; returns its path.
+
+    Args:
+      preset: a zoo name, a run directory or a YAML path (or a `Preset`).
+      out: the run directory (default runs/<preset>_<timestamp>); must not hold a run already.
+      data_dir: where the data set's files are (else the download cache).
+      model, training, evaluation: overrides of the preset's sections.
+      weights: start from these weights (fine-tuning).
+      evaluate_after: run `evaluate` on the evaluation split at the end.
+    """
+    preset = resolve_preset(preset, model, training, evaluation)
+    t = preset.training
+    out = out or default_run_dir(preset.name)
+    if os.path.exists(os.path.join(out, CONFIG_FILE)):
+        raise ValueError(f"{out} already holds a run; choose another --out")
+    os.makedirs(out, exist_ok=True)
+    keras.utils.set_random_seed(t.seed)
+    atomic_write_text(os.path.join(out, CONFIG_FILE), yaml.safe_dump(preset.to_dict(), sort_keys=False))
+
+    train_data, val_data = datasets.load(
+        preset.data.name, split=(preset.data.train_split, preset.data.eval_split), data_dir=data_dir,
+        batch_size=t.batch_size, binarize=preset.data.binarize, seed=t.seed, labels=preset.data.labels)
+    vae = build_model(preset.model)
+    if weights is not None:
+        load_weights(vae, weights)
+    compile_model(vae, t)
+
+    grid_batch = next(iter(load_eval_data(preset, data_dir, examples=16, batch_size=16, seed=t.seed)))
+    grid_x, grid_condition = vae.unpack(grid_batch)
+    checkpoints = Checkpoints(os.path.join(out, WEIGHTS_FILE), os.path.join(out, BEST_WEIGHTS_FILE))
+    callbacks = [keras.callbacks.TerminateOnNaN(), checkpoints,
+                 keras.callbacks.CSVLogger(os.path.join(out, "history.csv")),
+                 ImageGrid(grid_x, os.path.join(out, "images"), grid_condition, every=t.image_every, seed=t.seed)]
+    if t.kl_warmup_epochs:
+        callbacks.insert(0, KLWarmup(t.kl_warmup_epochs))
+
+    start = time.perf_counter()
+    history = vae.fit(train_data, epochs=t.epochs, validation_data=val_data, steps_per_epoch=t.steps_per_epoch,
+                      callbacks=callbacks, verbose=verbose)
+    train_seconds = time.perf_counter() - start
+    final = {k: float(v[-1]) for k, v in history.history.items()}
+    if not all(np.isfinite(v) for v in final.values()):
+        raise FloatingPointError(
+            f"training diverged (non-finite metrics {final}); the last finite weights are in "
+            f"{os.path.join(out, WEIGHTS_FILE)}. Try a lower learning_rate or clipnorm.")
+
+    metadata = {"preset": preset.name, "dataset": preset.data.name, "seed": t.seed, "epochs": len(history.epoch),
+                "train_seconds": train_seconds, "best_epoch": checkpoints.best_epoch,
+                "final_metrics": final, "versions": versions(),
+                "created": datetime.datetime.now().isoformat(timespec="seconds")}
+    if evaluate_after:
+        if verbose:
+            print(f"Evaluating on {preset.evaluation.examples or 'all'} {preset.data.eval_split} examples "
+                  f"with k={preset.evaluation.k} importance samples")
+        report = evaluate(vae, load_eval_data(preset, data_dir), k=preset.evaluation.k, verbose=bool(verbose),
+                          out_path=os.path.join(out, "evaluation.json"))
+        metadata["evaluation"] = report
+    atomic_write_text(os.path.join(out, "metadata.json"), json.dumps(metadata, indent=2) + "\n")
+    return out
