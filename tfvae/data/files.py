@@ -156,6 +156,8 @@ def download_file(dataset: str, filename: str, urls: Sequence[str], dest_dir: Pa
                 return target
             mismatch = (f"checksum mismatch for {filename} of dataset {dataset!r} "
                         f"downloaded from {url}: {_describe(digests, checksums)}")
+        except urllib.error.HTTPError as e:
+            failures.append(f"{url}: HTTP {e.code} {e.reason}")
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
         finally:
@@ -175,17 +177,19 @@ def _fetch(url: str, out, algos: Sequence[str], timeout: float) -> dict[str, str
     with urllib.request.urlopen(request, timeout=timeout) as response:
         total = int(response.headers.get("Content-Length") or 0)
         done, last = 0, 0.0
-        while block := response.read(_CHUNK):
-            out.write(block)
-            for h in hashers.values():
-                h.update(block)
-            done += len(block)
-            if time.monotonic() - last > 0.5:
-                _progress(url, done, total)
-                last = time.monotonic()
-        if total and done != total:
-            raise http.client.IncompleteRead(b"", total - done)
-        _progress(url, done, total, end="\n")
+        try:
+            while block := response.read(_CHUNK):
+                out.write(block)
+                for h in hashers.values():
+                    h.update(block)
+                done += len(block)
+                if time.monotonic() - last > 0.5:
+                    _progress(url, done, total)
+                    last = time.monotonic()
+            if total and done != total:
+                raise http.client.IncompleteRead(b"", total - done)
+        finally:
+            _progress(url, done, total, end="\n")
     return {a: h.hexdigest() for a, h in hashers.items()}
 
 

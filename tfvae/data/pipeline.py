@@ -99,12 +99,12 @@ def _binarize_batches(ds: tf.data.Dataset, seed: int, labels: bool) -> tf.data.D
         u = tf.random.stateless_uniform(tf.shape(x), seed=tf.stack([key, seed]))
         return tf.cast(u < x, x.dtype)
 
-    if labels:
-        return tf.data.Dataset.zip((ds, keys)).map(
-            lambda xy, key: (draw(xy[0], key), xy[1]),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def draw_with_labels(xy, key):
+        return draw(xy[0], key), xy[1]
+
     return tf.data.Dataset.zip((ds, keys)).map(
-        draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        draw_with_labels if labels else draw,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _check_arguments(batch_size, binarize, shuffle, seed, labels, max_examples) -> None:

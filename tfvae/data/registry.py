@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Callable, Mapping
 
 import numpy as np
@@ -84,9 +83,8 @@ def _idx_files(split: str) -> tuple[str, str]:
     return (f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz")
 
 
-_IDX_FILES = MappingProxyType({s: _idx_files(s) for s in ("train", "test")})
-_AMAT_FILES = MappingProxyType(
-    {s: (f"binarized_mnist_{s}.amat",) for s in ("train", "valid", "test")})
+_IDX_FILES = {s: _idx_files(s) for s in ("train", "test")}
+_AMAT_FILES = {s: (f"binarized_mnist_{s}.amat",) for s in ("train", "valid", "test")}
 
 REGISTRY: dict[str, DatasetSpec] = {
     "binarized_mnist": DatasetSpec(
@@ -152,7 +150,7 @@ REGISTRY: dict[str, DatasetSpec] = {
                         "position; 20000 train / 2000 test; no files, no network.",
             shape=(28, 28, 1), splits=tuple(SHAPES_SPLITS), binary=True,
             num_classes=len(shapes.SHAPE_NAMES),
-            files=MappingProxyType({s: () for s in SHAPES_SPLITS})),
+            files={s: () for s in SHAPES_SPLITS}),
         read=_generate_shapes),
 }
 

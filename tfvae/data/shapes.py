@@ -35,6 +35,8 @@ def generate(n: int, image_size: int = 28, seed: int = 0
     """
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
         raise ValueError(f"n must be an integer >= 0, got {n!r}")
+    # From 12 pixels on, the smallest inscribed circle (radius image_size / 16)
+    # is wider than half a pixel diagonal, so it always covers a pixel centre.
     if not isinstance(image_size, (int, np.integer)) or image_size < 12:
         raise ValueError(f"image_size must be an integer >= 12, got {image_size!r}")
     rng = np.random.default_rng(seed)

@@ -114,7 +114,7 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
 
     start = time.perf_counter()
     history = vae.fit(train_data, epochs=t.epochs, validation_data=val_data, steps_per_epoch=t.steps_per_epoch,
-                      callbacks=callbacks, verbose=verbose)
+                      callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles
     train_seconds = time.perf_counter() - start
     final = {k: float(v[-1]) for k, v in history.history.items()}
     if not all(np.isfinite(v) for v in final.values()):

@@ -1,0 +1,251 @@
+"""The model contract, checked against closed forms, numpy and brute-force computations."""
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfvae
+from tfvae.models import VAE, LinearGaussian
+
+
+def _norm_logpdf(x, loc, scale):
+    return -0.5 * ((x - loc) / scale) ** 2 - np.log(scale) - 0.5 * math.log(2 * math.pi)
+
+
+def tiny_vae(**kwargs):
+    config = dict(data_shape=(6, 6, 1), latent_dim=3, encoder={"type": "mlp", "hidden": [16]})
+    config.update(kwargs)
+    return VAE(**config)
+
+
+def binary_batch(n=8, shape=(6, 6, 1), seed=0):
+    return (np.random.default_rng(seed).random((n, *shape)) > 0.5).astype("float32")
+
+
+# ------------------------------------------------------------------ linear-Gaussian closed forms
+@pytest.fixture
+def linear_model():
+    model = LinearGaussian(data_dim=3, latent_dim=1)
+    model.set_generative(W=[[1.5], [-0.7], [0.3]], b=[0.2, -0.1, 0.5], sigma=[0.6, 0.4, 0.8])
+    return model
+
+
+def test_linear_gaussian_marginal_and_posterior_match_quadrature(linear_model):
+    # Independent of the closed forms: integrate p(x|z) p(z) over a dense grid of the 1-D latent.
+    x = np.array([[0.5, -0.3, 1.0], [-2.0, 1.0, 0.0]], dtype="float32")
+    z = np.linspace(-8, 8, 40001)
+    W, b, s = np.array([1.5, -0.7, 0.3]), np.array([0.2, -0.1, 0.5]), np.array([0.6, 0.4, 0.8])
+    log_joint = (_norm_logpdf(x[:, None, :], z[None, :, None] * W + b, s).sum(-1)
+                 + _norm_logpdf(z, 0.0, 1.0)[None, :])
+    dz = z[1] - z[0]
+    m = log_joint.max(axis=1, keepdims=True)
+    log_px = (m[:, 0] + np.log(np.exp(log_joint - m).sum(axis=1) * dz))
+    posterior = np.exp(log_joint - m)
+    posterior /= posterior.sum(axis=1, keepdims=True)
+    post_mean = (posterior * z).sum(axis=1)
+    post_var = (posterior * z**2).sum(axis=1) - post_mean**2
+
+    np.testing.assert_allclose(linear_model.exact_log_likelihood(x).numpy(), log_px, rtol=1e-5, atol=1e-4)
+    q = linear_model.exact_posterior(x)
+    np.testing.assert_allclose(q.mean().numpy()[:, 0], post_mean, atol=1e-4)
+    np.testing.assert_allclose(q.variance().numpy()[:, 0], post_var, rtol=1e-4)
+
+
+def test_elbo_with_the_exact_posterior_equals_log_px():
+    # With q = p(z|x), log p(x,z) - log q(z|x) = log p(x) for every z: the single-sample
+    # Monte Carlo ELBO equals log p(x) with zero variance, and the analytic-KL ELBO converges.
+    rng = np.random.default_rng(1)
+    mc = LinearGaussian(data_dim=4, latent_dim=2, kl="monte_carlo")
+    mc.set_generative(rng.normal(size=(4, 2)), rng.normal(size=4), [0.5, 0.7, 0.9, 0.4])
+    x = mc.exact_marginal().sample(16, seed=[3, 4]).numpy()
+    exact = mc.exact_log_likelihood(x).numpy()
+    terms = mc.elbo_terms(x, k=1, seed=7, posterior=mc.exact_posterior(x))
+    np.testing.assert_allclose(terms["elbo"].numpy(), exact, atol=1e-3)
+
+    analytic = LinearGaussian(data_dim=4, latent_dim=2)
+    analytic.set_generative(rng.normal(size=(4, 2)), rng.normal(size=4), [0.5, 0.7, 0.9, 0.4])
+    exact = analytic.exact_log_likelihood(x).numpy()
+    terms = analytic.elbo_terms(x, k=20000, seed=7, posterior=analytic.exact_posterior(x))
+    np.testing.assert_allclose(terms["elbo"].numpy(), exact, atol=0.05)
+
+
+def test_elbo_of_the_amortized_encoder_is_below_log_px(linear_model):
+    x = linear_model.exact_marginal().sample(64, seed=[1, 1]).numpy()
+    terms = linear_model.elbo_terms(x, k=2000, seed=0)
+    assert np.all(terms["elbo"].numpy() < linear_model.exact_log_likelihood(x).numpy())
+
+
+def test_fit_learns_the_linear_gaussian_model():
+    # Data from a known PPCA model; after fit the model's exact log-likelihood of held-out data
+    # approaches that of the true model (the MLE is consistent).
+    rng = np.random.default_rng(0)
+    truth = LinearGaussian(data_dim=3, latent_dim=1)
+    truth.set_generative([[2.0], [-1.0], [0.5]], [1.0, 0.0, -1.0], [0.3, 0.3, 0.3])
+    x = truth.exact_marginal().sample(6000, seed=[5, 5]).numpy()
+    keras.utils.set_random_seed(0)
+    model = LinearGaussian(data_dim=3, latent_dim=1)
+    model.compile(optimizer=keras.optimizers.Adam(0.03))
+    model.fit(tf.data.Dataset.from_tensor_slices(x[:5000]).shuffle(5000, seed=0).batch(100), epochs=25,
+              verbose=0, shuffle=False)
+    held_out = x[5000:]
+    gap = truth.exact_log_likelihood(held_out).numpy().mean() - model.exact_log_likelihood(held_out).numpy().mean()
+    assert abs(gap) < 0.05, gap
+    # At the optimum the ELBO of the encoder nearly reaches log p(x): the posterior is 1-D Gaussian.
+    elbo = model.elbo_terms(held_out, k=100, seed=0)["elbo"].numpy().mean()
+    assert 0 < model.exact_log_likelihood(held_out).numpy().mean() - elbo < 0.1
+
+
+# ------------------------------------------------------------------ likelihoods and KL
+def test_bernoulli_log_prob_matches_numpy():
+    model = tiny_vae()
+    z = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+    x = binary_batch(5)
+    p = model.decode(z)
+    logits = model.decoder_net(z).numpy()[..., 0]
+    expected = (x * -np.logaddexp(0, -logits) + (1 - x) * -np.logaddexp(0, logits)).reshape(5, -1).sum(1)
+    np.testing.assert_allclose(p.log_prob(x).numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(p.mean().numpy(), 1 / (1 + np.exp(-logits)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [0.25, "learned", "predicted"])
+def test_gaussian_log_prob_matches_numpy(scale):
+    model = tiny_vae(likelihood={"type": "gaussian", "scale": scale})
+    z = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    x = np.random.default_rng(1).random((4, 6, 6, 1)).astype("float32")
+    params = model.decoder_net(z).numpy()
+    loc = params[..., 0]
+    if scale == "predicted":
+        sigma = np.logaddexp(0, params[..., 1]) + 1e-4
+    elif scale == "learned":
+        sigma = np.logaddexp(0, model.likelihood.raw_scale.numpy()) + 1e-4
+    else:
+        sigma = scale
+    expected = _norm_logpdf(x, loc, sigma).reshape(4, -1).sum(1)
+    np.testing.assert_allclose(model.decode(z).log_prob(x).numpy(), expected, rtol=1e-5)
+
+
+def test_analytic_kl_equals_monte_carlo_kl():
+    model = tiny_vae()
+    x = binary_batch(4)
+    q = model.encode(x)
+    analytic = model.analytic_kl(q).numpy()
+    z = q.sample(200000, seed=[1, 2])
+    draws = (q.log_prob(z) - model.prior().log_prob(z)).numpy()
+    se = draws.std(0) / math.sqrt(len(draws))
+    assert np.all(np.abs(draws.mean(0) - analytic) < 5 * se + 1e-4)
+    # The Monte Carlo mode of the model computes the same quantity.
+    mc_model = tiny_vae(kl="monte_carlo")
+    mc_model.set_weights(model.get_weights())
+    mc = mc_model.elbo_terms(x, k=200000, seed=[1, 2])["kl"].numpy()
+    np.testing.assert_allclose(mc, draws.mean(0), rtol=1e-4)
+
+
+def test_elbo_terms_are_consistent_with_log_weights():
+    model = tiny_vae()
+    x = binary_batch(8)
+    terms = model.elbo_terms(x, k=5, seed=3)
+    np.testing.assert_allclose(terms["elbo"], terms["log_px_z"] - terms["kl"], rtol=1e-6)
+    w = model.log_weights(x, 5, seed=3)
+    np.testing.assert_allclose(w["log_px_z"].numpy().mean(0), terms["log_px_z"].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(w["log_w"], w["log_px_z"] + w["log_pz"] - w["log_qz"], rtol=1e-6)
+
+
+def test_seeds_make_sampling_reproducible():
+    model = tiny_vae()
+    x = binary_batch(4)
+    a, b = model.elbo_terms(x, seed=11)["elbo"], model.elbo_terms(x, seed=11)["elbo"]
+    c = model.elbo_terms(x, seed=12)["elbo"]
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    np.testing.assert_array_equal(model.sample(3, seed=5), model.sample(3, seed=5))
+
+
+def test_training_is_reproducible_with_a_seed():
+    def run():
+        keras.utils.set_random_seed(0)
+        model = tiny_vae(seed=4)
+        model.compile(optimizer="adam")
+        model.fit(tf.data.Dataset.from_tensor_slices(binary_batch(32)).batch(8), epochs=2, verbose=0, shuffle=False)
+        return model.get_weights()
+
+    for a, b in zip(run(), run()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_kl_weight_scales_the_kl_in_the_objective():
+    model = tiny_vae()
+    x = binary_batch(8)
+    model.kl_weight.assign(0.0)
+    loss, terms = model.objective_and_terms(x)
+    np.testing.assert_allclose(loss.numpy(), -terms["log_px_z"].numpy().mean(), rtol=1e-6)
+
+
+# ------------------------------------------------------------------ shapes, conditioning, serialization
+@pytest.mark.parametrize("shape, encoder", [((28, 28, 1), {"type": "conv", "filters": [8, 16]}),
+                                           ((28, 28, 1), {"type": "conv", "filters": [8, 8, 8]}),
+                                           ((32, 32, 3), {"type": "conv", "filters": [8, 16]}),
+                                           ((64, 64, 1), {"type": "conv", "filters": [4, 8, 8]}),
+                                           ((32, 32, 3), {"type": "mlp", "hidden": [16]})])
+def test_networks_fit_any_image_shape(shape, encoder):
+    model = VAE(data_shape=shape, latent_dim=2, encoder=encoder, likelihood={"type": "gaussian", "scale": 0.1})
+    x = np.random.default_rng(0).random((3, *shape)).astype("float32")
+    assert model.reconstruct(x).shape == (3, *shape)
+    assert model.decode(np.zeros((2, 5, 2), "float32")).batch_shape == (2, 5)
+    assert model.elbo_terms(x, k=2)["elbo"].shape == (3,)
+
+
+def test_conditional_model_uses_its_condition():
+    model = tiny_vae(condition_dim=2)
+    x, c = binary_batch(4), np.eye(2, dtype="float32")[[0, 1, 0, 1]]
+    z = np.zeros((4, 3), "float32")
+    # Different conditions give different decoders for the same z.
+    assert not np.allclose(model.decode(z, c).mean(), model.decode(z, 1 - c).mean())
+    assert model.sample(5, seed=0, condition=[1.0, 0.0]).shape == (5, 6, 6, 1)
+    model.compile(optimizer="adam")
+    history = model.fit(tf.data.Dataset.from_tensor_slices((x, c)).batch(2), epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"][0])
+    with pytest.raises(ValueError, match="conditional"):
+        model.encode(x)
+    with pytest.raises(ValueError, match="not conditional"):
+        tiny_vae().encode(x, condition=c)
+
+
+def test_config_round_trip_and_keras_archive(tmp_path):
+    model = tiny_vae(likelihood={"type": "gaussian", "scale": "learned"}, condition_dim=2)
+    clone = VAE.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x, c = binary_batch(3), np.eye(2, dtype="float32")[[0, 1, 1]]
+    np.testing.assert_allclose(loaded.reconstruct(x, c), model.reconstruct(x, c), rtol=1e-6)
+    assert type(loaded) is VAE
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("x, message", [
+    (np.zeros((6, 6, 1), "float32"), "add a batch axis"),
+    (np.zeros((2, 36), "float32"), "reshape"),
+    (np.zeros((2, 5, 5, 1), "float32"), r"shape \(batch, 6, 6, 1\)"),
+    (np.zeros((0, 6, 6, 1), "float32"), "empty batch"),
+    (np.full((2, 6, 6, 1), np.nan, "float32"), "non-finite"),
+    (np.full((2, 6, 6, 1), 2.0, "float32"), r"\[0, 1\]"),
+    (np.array([["a"]]), "numeric"),
+])
+def test_bad_inputs_raise_clear_errors(x, message):
+    model = tiny_vae()
+    for call in (model.encode, model.reconstruct, model.elbo_terms,
+                 lambda v: tfvae.log_likelihood(model, v, k=2)):
+        with pytest.raises(ValueError, match=message):
+            call(x)
+
+
+def test_bad_latents_and_sample_counts_raise():
+    model = tiny_vae()
+    with pytest.raises(ValueError, match=r"z must have shape \(\.\.\., 3\)"):
+        model.decode(np.zeros((2, 4), "float32"))
+    for n in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            model.sample(n)
