@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import PositiveFloat, validate
+from tfvae.config import ConfigError, PositiveFloat, validate
 from tfvae.registry import close_matches_message
 
 tfd = tfp.distributions
@@ -119,9 +119,9 @@ def normalize_spec(spec, registry: Mapping, kind: str) -> dict:
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, Mapping) or "type" not in spec:
-        raise ValueError(f"a {kind} is a name or a mapping with a 'type' key, got {spec!r}")
+        raise ConfigError(f"a {kind} is a name or a mapping with a 'type' key, got {spec!r}")
     if spec["type"] not in registry:
-        raise ValueError(close_matches_message(kind, spec["type"], registry))
+        raise ConfigError(close_matches_message(kind, spec["type"], registry))
     return validate(registry[spec["type"]][0], spec, f"{kind} {spec['type']!r}")
 
 

@@ -138,6 +138,9 @@ def load_preset(name_or_dir: str) -> Preset:
         with open(name_or_dir) as f:
             return parse_preset(_read_yaml(f.read(), name_or_dir), os.path.basename(name_or_dir).rsplit(".", 1)[0])
     files = _zoo_files()
+    if isinstance(name_or_dir, (str, os.PathLike)) and os.sep in str(name_or_dir) and name_or_dir not in files:
+        raise ValueError(f"{name_or_dir} does not exist: expected a run directory (with {CONFIG_FILE}), "
+                         f"a preset YAML file, or a zoo preset name ({', '.join(sorted(files))})")
     if name_or_dir not in files:
         raise ValueError(close_matches_message("preset", name_or_dir, files))
     return parse_preset(_read_yaml(files[name_or_dir].read_text(), f"zoo config {name_or_dir}.yaml"), name_or_dir)

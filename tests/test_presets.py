@@ -1,0 +1,109 @@
+"""Registry, presets and config validation."""
+import numpy as np
+import pytest
+
+import tfvae
+from tfvae.config import ConfigError
+from tfvae.models import BaseVAE
+
+
+def test_list_presets_gives_the_zoo_with_descriptions():
+    presets = tfvae.list_presets()
+    for name in ("vae_bmnist", "vae_mnist", "conv_vae_bmnist", "vae_shapes"):
+        assert name in presets and len(presets[name]) > 20
+    assert {"vae", "linear_gaussian"} <= set(tfvae.list_models())
+
+
+@pytest.mark.parametrize("name", sorted(tfvae.list_presets()))
+def test_every_preset_builds_for_its_data_set(name):
+    preset = tfvae.load_preset(name)
+    info = tfvae.data.info(preset.data.name)            # the data set exists
+    model = tfvae.from_preset(name)
+    assert model.data_shape == info.shape
+    x = np.zeros((2, *info.shape), "float32")
+    assert model.reconstruct(x).shape == (2, *info.shape)
+    assert model.optimizer is not None                  # compiled: ready for fit
+
+
+def test_vae_bmnist_has_the_architecture_of_burda_et_al():
+    model = tfvae.from_preset("vae_bmnist")
+    encoder = [tuple(l.kernel.shape) for l in model.encoder_net.hidden + [model.encoder_net.out]]
+    decoder = [tuple(l.kernel.shape) for l in model.decoder_net.hidden + [model.decoder_net.out]]
+    assert encoder == [(784, 200), (200, 200), (200, 100)]          # 100 = mean and scale of 50 latents
+    assert decoder == [(50, 200), (200, 200), (200, 784)]
+    assert all(l.activation.__name__ == "tanh" for l in model.encoder_net.hidden + model.decoder_net.hidden)
+    assert model.likelihood.__class__.__name__ == "BernoulliLikelihood"
+
+
+def test_unknown_names_list_close_matches():
+    with pytest.raises(ValueError, match="Did you mean 'vae_bmnist'"):
+        tfvae.from_preset("vae_bminst")
+    with pytest.raises(ValueError, match="Did you mean 'vae'"):
+        tfvae.get_model_class("vea")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"latnt_dim": 3}, "unknown key 'latnt_dim'. Did you mean 'latent_dim'.*Valid keys: condition_dim"),
+    ({"latent_dim": 0}, r"'latent_dim' must be an integer \(> 0\), got 0"),
+    ({"latent_dim": "ten"}, "'latent_dim' must be an integer"),
+    ({"data_shape": [28, -28, 1]}, "data_shape"),
+    ({"encoder": {"type": "mlp", "hiden": [3]}}, "unknown key 'hiden'"),
+    ({"encoder": {"type": "transformer"}}, "unknown network 'transformer'"),
+    ({"likelihood": {"type": "gaussian", "scale": -1}}, "'scale' must be a number"),
+    ({"kl": "exact"}, "'kl' must be one of 'analytic', 'monte_carlo'"),
+])
+def test_bad_config_values_are_rejected_with_what_was_expected(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        tfvae.from_preset("vae_shapes", **overrides)
+
+
+def test_bad_yaml_presets_are_rejected(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("model: {class: vae}\ntraining: {epochs: 0}\n")
+    with pytest.raises(ConfigError, match="training section: 'epochs' must be an integer"):
+        tfvae.load_preset(str(path))
+    path.write_text("model: {class: vae}\nmodle: {}\n")
+    with pytest.raises(ConfigError, match="unknown key 'modle'"):
+        tfvae.load_preset(str(path))
+    path.write_text("model: {latent_dim: 3}\n")
+    with pytest.raises(ConfigError, match="needs 'class'"):
+        tfvae.load_preset(str(path))
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        tfvae.load_preset(str(path))
+    path.write_text("model: !!python/object/apply:os.system ['true']\n")   # safe_load only
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        tfvae.load_preset(str(path))
+
+
+def test_weights_load_into_the_preset_and_mismatches_are_named(tmp_path):
+    model = tfvae.from_preset("vae_shapes")
+    for v in model.trainable_variables:
+        v.assign(v + 0.01)
+    path = str(tmp_path / "w.weights.h5")
+    model.save_weights(path)
+    x = np.zeros((2, 28, 28, 1), "float32")
+    again = tfvae.from_preset("vae_shapes", weights=path)
+    np.testing.assert_allclose(again.reconstruct(x), model.reconstruct(x), rtol=1e-6)
+    with pytest.raises(ValueError, match="do not fit model"):
+        tfvae.from_preset("vae_shapes", weights=path, latent_dim=4)
+    with pytest.raises(ValueError, match="not found"):
+        tfvae.from_preset("vae_shapes", weights=str(tmp_path / "missing.weights.h5"))
+
+
+def test_register_adds_a_variant_and_refuses_a_taken_name():
+    @tfvae.register("test_half_kl_vae")
+    class HalfKL(BaseVAE):
+        """Trains on E[log p(x|z)] - KL / 2."""
+
+        def objective_and_terms(self, x, condition=None, training=False):
+            terms = self.elbo_terms(x, 1, condition, seed=0, training=training)
+            return -(terms["log_px_z"] - 0.5 * terms["kl"]).numpy().mean(), terms
+
+    assert tfvae.get_model_class("test_half_kl_vae") is HalfKL
+    model = HalfKL(data_shape=(4,), latent_dim=2, likelihood={"type": "gaussian", "scale": 1.0})
+    terms = model.elbo_terms(np.ones((3, 4), "float32"), seed=0)
+    assert model.objective(np.ones((3, 4), "float32")) == pytest.approx(
+        -(terms["log_px_z"] - 0.5 * terms["kl"]).numpy().mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="already taken"):
+        tfvae.register("vae")(HalfKL)
