@@ -24,11 +24,18 @@ def atomic_path(path: str, suffix: str = ""):
     tmp = os.path.join(tmp_dir, "partial" + suffix)
     try:
         yield tmp
+        old = None
         if os.path.isdir(path) and not os.path.islink(path):
-            # A directory cannot be replaced in one rename: move the old one aside first.
+            # A directory cannot be replaced in one rename: move the old one aside first, and
+            # back if the second rename fails (between the two renames the path is absent).
             old = os.path.join(tmp_dir, "old")
             os.rename(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.rename(old, path)
+            raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any, Literal
@@ -178,7 +179,10 @@ def load_weights(model, path: str):
     if not os.path.isfile(path):
         raise ValueError(f"weights file not found: {path}")
     try:
-        model.load_weights(path)
+        with warnings.catch_warnings():
+            # Run checkpoints carry the optimizer's slots; a freshly built model has none yet.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(path)
     except ValueError as e:
         raise ValueError(f"the weights in {path} do not fit model {model.name!r} as configured: {e}") from None
 

@@ -25,35 +25,35 @@ DEFAULT_SAMPLES_PER_CHUNK = 2**16   # z's decoded at once (chunk * batch); bound
 _COMPILED = weakref.WeakKeyDictionary()
 
 
-def chunk_size(k: int, batch_size: int, samples_per_chunk: int = DEFAULT_SAMPLES_PER_CHUNK) -> int:
-    """Samples per example per chunk, so that chunk * batch_size <= samples_per_chunk."""
-    return max(1, min(k, samples_per_chunk // max(1, batch_size)))
+def importance_terms(model, x, k: int, condition=None, seed=(0, 0), proposal=None,
+                     samples_per_chunk: int = DEFAULT_SAMPLES_PER_CHUNK) -> dict:
+    """The estimates of `importance_sampling`, as graph-safe tensor code with no input checks
+    (callers check, or trace it into a SavedModel with in-graph checks).
 
-
-def _accumulate(model, x, condition, seed, k, chunk, proposal):
-    """Per-example log p(x) estimate, mean log p(x|z), KL over k samples, in chunks."""
+    Chunks hold c = max(1, min(k, samples_per_chunk // B)) samples per example (the last one
+    the remainder); chunk i is drawn from `stateless_fold_in(seed, i)`; a running log-sum-exp
+    combines them. c is computed from the batch size when the graph runs, so a SavedModel
+    with a [None, ...] input gives the same numbers as the Python call for any batch size.
+    """
+    seed = tf.cast(seed, tf.int32)
     q = proposal if proposal is not None else model.encode(x, condition)
     batch = tf.shape(x)[0]
+    chunk = tf.maximum(1, tf.minimum(k, samples_per_chunk // tf.maximum(batch, 1)))
+    num_chunks = (k + chunk - 1) // chunk
 
-    def stats(size, chunk_seed):
-        w = model.log_weights(x, size, condition, seed=chunk_seed, posterior=q)
-        return (tf.reduce_logsumexp(w["log_w"], axis=0), tf.reduce_sum(w["log_w"], axis=0),
-                tf.reduce_sum(w["log_px_z"], axis=0))
+    def body(i, lse, sum_log_w, sum_log_px_z):
+        size = tf.minimum(chunk, k - i * chunk)
+        w = model.log_weights(x, size, condition, seed=tf.random.experimental.stateless_fold_in(seed, i),
+                              posterior=q)
+        lse = tf.reduce_logsumexp(tf.stack([lse, tf.reduce_logsumexp(w["log_w"], axis=0)]), axis=0)
+        return (i + 1, lse, sum_log_w + tf.reduce_sum(w["log_w"], axis=0),
+                sum_log_px_z + tf.reduce_sum(w["log_px_z"], axis=0))
 
-    lse = tf.fill([batch], -math.inf)
-    sum_log_w = tf.zeros([batch])
-    sum_log_px_z = tf.zeros([batch])
-    full, rest = divmod(k, chunk)
-    for i in tf.range(full):
-        a, b, c = stats(chunk, tf.random.experimental.stateless_fold_in(seed, i))
-        lse = tf.reduce_logsumexp(tf.stack([lse, a]), axis=0)
-        sum_log_w += b
-        sum_log_px_z += c
-    if rest:
-        a, b, c = stats(rest, tf.random.experimental.stateless_fold_in(seed, full))
-        lse = tf.reduce_logsumexp(tf.stack([lse, a]), axis=0)
-        sum_log_w += b
-        sum_log_px_z += c
+    zeros = tf.zeros([batch])
+    per_example = tf.TensorShape([None])
+    _, lse, sum_log_w, sum_log_px_z = tf.while_loop(
+        lambda i, *_: i < num_chunks, body, [tf.constant(0), tf.fill([batch], -math.inf), zeros, zeros],
+        shape_invariants=[tf.TensorShape([]), per_example, per_example, per_example])
     log_px_z = sum_log_px_z / k
     kl = model.analytic_kl(q)
     if kl is None:
@@ -78,20 +78,19 @@ def importance_sampling(model, x, k: int = 5000, condition=None, seed=0, proposa
       proposal: a distribution with batch shape [B] over z to sample from instead of the
         encoder's q(z|x) (e.g. a per-example optimised posterior).
       samples_per_chunk: bound on chunk * B, the number of z decoded at once.
-      compiled: run inside a `tf.function` (one trace per k and chunk size).
+      compiled: run inside a `tf.function` (one trace per k).
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     x = check_batch(x, model.data_shape, "x", model.likelihood.support)
     condition = check_condition(condition, model.condition_dim, x.shape[0])
-    chunk = chunk_size(k, int(x.shape[0]) if x.shape[0] is not None else 1, samples_per_chunk)
     seed = as_seed(seed)
     if not compiled:
-        return _accumulate(model, x, condition, seed, k, chunk, proposal)
+        return importance_terms(model, x, k, condition, seed, proposal, samples_per_chunk)
     fn = _COMPILED.get(model)
     if fn is None:
-        fn = _COMPILED[model] = tf.function(functools.partial(_accumulate, model))
-    return fn(x, condition, seed, k, chunk, proposal)
+        fn = _COMPILED[model] = tf.function(functools.partial(importance_terms, model))
+    return fn(x, k, condition, seed, proposal, samples_per_chunk)
 
 
 def log_likelihood(model, x, k: int = 5000, condition=None, seed=0, proposal=None,
