@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, read_file
 
 _ZERO, _ONE, _SPACE, _NEWLINE = (ord(c) for c in "01 \n")
 
@@ -23,11 +23,7 @@ def read_amat(path: str | os.PathLike, num_values: int = 784) -> np.ndarray:
     one included) that does not hold exactly ``num_values`` values.
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e}") from e
+    raw = read_file(path)
     if not raw.strip():
         raise DataError(
             f"{path}: expected lines of {num_values} space-separated 0/1 values, "

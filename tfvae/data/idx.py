@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, read_file
 
 IMAGES_MAGIC = 2051  # uint8, 3 dimensions: count, rows, columns
 LABELS_MAGIC = 2049  # uint8, 1 dimension: count
@@ -22,11 +22,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 def read_bytes(path: str | os.PathLike) -> bytes:
     """Return the content of ``path``, decompressed if it is a gzip file."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e}") from e
+    raw = read_file(path)
     if raw[:2] != _GZIP_MAGIC:
         return raw
     try:
