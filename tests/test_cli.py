@@ -76,10 +76,12 @@ def test_train_refuses_to_overwrite_a_run(run_dir, capsys):
     (["train", "vae_bmnist", "--data-dir", "/nonexistent-dir"], "binarized_mnist_train.amat"),
     (["evaluate", "/nonexistent-run"], "config.yaml"),
 ])
-def test_user_errors_print_one_line_and_exit_2(argv, message, capsys):
+def test_user_errors_print_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("tfvae: error:") and message in err and "Traceback" not in err
+    assert os.listdir(tmp_path) == []          # no half-made run directory is left behind
 
 
 def test_the_console_script_is_installed():

@@ -26,8 +26,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.config import NonNegativeInt, PositiveInt, Sizes, validate
-from tfvae.distributions import DiagonalGaussianPosterior, build_likelihood, normalize_spec, LIKELIHOODS, \
-    standard_normal
+from tfvae.distributions import (LIKELIHOODS, DiagonalGaussianPosterior, build_likelihood, normalize_spec,
+                                 standard_normal)
 from tfvae.inputs import as_float_tensor, check_batch, check_condition
 from tfvae.nets import build_decoder, build_encoder, normalize_net_spec
 

@@ -26,6 +26,7 @@ import yaml
 
 from tfvae import data as datasets
 from tfvae.config import validate
+from tfvae.registry import get_model_class
 from tfvae.inference.evaluate import evaluate
 from tfvae.io import atomic_write_text
 from tfvae.presets import (CONFIG_FILE, WEIGHTS_FILE, EvaluationSection, Preset, TrainingSection,
@@ -47,9 +48,8 @@ def resolve_preset(preset: str | Preset, model: dict | None = None, training: di
     preset = load_preset(preset) if not isinstance(preset, Preset) else preset
     model_config = dict(preset.model)
     if model:
-        cls_name = model_config["class"]
-        build_model(model_config, **model)       # validates the overrides against the model class
-        model_config = {"class": cls_name, **{k: v for k, v in model_config.items() if k != "class"}, **model}
+        cls = get_model_class(model_config["class"])
+        model_config = {**model_config, **validate(cls, model, f"model {cls.registered_name!r} overrides", False)}
     return dataclasses.replace(
         preset, model=model_config,
         training=TrainingSection(**{**dataclasses.asdict(preset.training),
@@ -91,10 +91,9 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
     out = out or default_run_dir(preset.name)
     if os.path.exists(os.path.join(out, CONFIG_FILE)):
         raise ValueError(f"{out} already holds a run; choose another --out")
-    os.makedirs(out, exist_ok=True)
     keras.utils.set_random_seed(t.seed)
-    atomic_write_text(os.path.join(out, CONFIG_FILE), yaml.safe_dump(preset.to_dict(), sort_keys=False))
 
+    # Data and model first: a bad data dir or config must not leave a half-made run directory.
     train_data, val_data = datasets.load(
         preset.data.name, split=(preset.data.train_split, preset.data.eval_split), data_dir=data_dir,
         batch_size=t.batch_size, binarize=preset.data.binarize, seed=t.seed, labels=preset.data.labels)
@@ -102,6 +101,8 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
     if weights is not None:
         load_weights(vae, weights)
     compile_model(vae, t)
+    os.makedirs(out, exist_ok=True)
+    atomic_write_text(os.path.join(out, CONFIG_FILE), yaml.safe_dump(preset.to_dict(), sort_keys=False))
 
     grid_batch = next(iter(load_eval_data(preset, data_dir, examples=16, batch_size=16, seed=t.seed)))
     grid_x, grid_condition = vae.unpack(grid_batch)
