@@ -48,15 +48,13 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import platform
 
 import keras
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from tfvae.inference.importance import importance_terms
 from tfvae.io import atomic_path
-from tfvae.version import __version__
+from tfvae.version import versions
 
 ENDPOINTS = ("encode", "decode", "reconstruct", "sample", "elbo", "log_likelihood", "serving_default")
 METADATA_PATH = os.path.join("assets.extra", "tfvae_export.json")
@@ -265,8 +263,7 @@ def export(model, path, k: int = 1000, max_samples: int = 10000, seed: int = 0, 
         "data_shape": list(model.data_shape), "latent_dim": model.latent_dim,
         "condition_dim": model.condition_dim, "likelihood_support": getattr(model.likelihood, "support", "real"),
         "k": k, "max_samples": max_samples, "seed": [seed, 0], "endpoints": described,
-        "versions": {"tfvae": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-                     "tensorflow_probability": tfp.__version__, "python": platform.python_version()},
+        "versions": versions(),
     }
     with atomic_path(path) as tmp:
         archive.write_out(tmp, verbose=False)

@@ -15,13 +15,10 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import time
 
 import keras
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
 import yaml
 
 from tfvae import data as datasets
@@ -32,14 +29,9 @@ from tfvae.io import atomic_write_text
 from tfvae.presets import (CONFIG_FILE, WEIGHTS_FILE, EvaluationSection, Preset, TrainingSection,
                            build_model, compile_model, load_preset, load_weights)
 from tfvae.training.callbacks import Checkpoints, ImageGrid, KLWarmup
-from tfvae.version import __version__
+from tfvae.version import versions
 
 BEST_WEIGHTS_FILE = "best.weights.h5"
-
-
-def versions() -> dict:
-    return {"tfvae": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "tensorflow_probability": tfp.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
 def resolve_preset(preset: str | Preset, model: dict | None = None, training: dict | None = None,
