@@ -18,3 +18,26 @@ def test_kl_warmup_ramps_the_weight_linearly_over_its_epochs():
     np.testing.assert_allclose(history.history["kl_weight"], [3 / 8, 7 / 8, 1.0])
     with pytest.raises(ValueError, match="positive number of epochs"):
         KLWarmup(0)
+
+
+def test_checkpoints_keep_the_last_finite_weights_when_training_diverges(tmp_path):
+    import keras
+
+    from tfvae.training import Checkpoints
+
+    class BlowUpAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.optimizer.learning_rate.assign(1e12)
+
+    model = VAE(data_shape=(4, 4, 1), latent_dim=2, encoder={"type": "mlp", "hidden": [8]})
+    model.compile(optimizer=keras.optimizers.SGD(1e-3))
+    x = (np.random.default_rng(0).random((64, 4, 4, 1)) > 0.5).astype("float32")
+    last, best = str(tmp_path / "last.weights.h5"), str(tmp_path / "best.weights.h5")
+    history = model.fit(tf.data.Dataset.from_tensor_slices(x).batch(4), epochs=3, verbose=0, shuffle=False,
+                        callbacks=[keras.callbacks.TerminateOnNaN(), Checkpoints(last, best),
+                                   BlowUpAfterFirstEpoch()])
+    assert np.isfinite(history.history["loss"][0]) and not np.isfinite(history.history["loss"][-1])
+    for path in (last, best):
+        restored = VAE(data_shape=(4, 4, 1), latent_dim=2, encoder={"type": "mlp", "hidden": [8]})
+        restored.load_weights(path)
+        assert all(np.isfinite(w).all() for w in restored.get_weights())

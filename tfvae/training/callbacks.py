@@ -35,7 +35,8 @@ class KLWarmup(keras.callbacks.Callback):
 
 class Checkpoints(keras.callbacks.Callback):
     """Saves the last weights every epoch and the best ones (lowest `monitor`), atomically:
-    a crash while saving leaves the previous file intact."""
+    a crash while saving leaves the previous file intact. An epoch that ends with a
+    non-finite loss (a diverged model) is not saved, so both files keep finite weights."""
 
     def __init__(self, last_path: str, best_path: str, monitor: str = "val_loss"):
         super().__init__()
@@ -49,6 +50,8 @@ class Checkpoints(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        if not np.isfinite(logs.get("loss", 0.0)):
+            return
         self._save(self.last_path)
         value = logs.get(self.monitor, logs.get("loss"))
         if value is not None and np.isfinite(value) and value < self.best:

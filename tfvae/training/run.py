@@ -112,8 +112,8 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
     final = {k: float(v[-1]) for k, v in history.history.items()}
     if not all(np.isfinite(v) for v in final.values()):
         raise FloatingPointError(
-            f"training diverged (non-finite metrics {final}); the last finite weights are in "
-            f"{os.path.join(out, WEIGHTS_FILE)}. Try a lower learning_rate or clipnorm.")
+            f"training diverged (non-finite metrics {final}); {os.path.join(out, WEIGHTS_FILE)} holds the "
+            f"weights of the last epoch that ended finite, if any. Try a lower learning_rate or clipnorm.")
 
     metadata = {"preset": preset.name, "dataset": preset.data.name, "seed": t.seed, "epochs": len(history.epoch),
                 "train_seconds": train_seconds, "best_epoch": checkpoints.best_epoch,
