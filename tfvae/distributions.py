@@ -31,6 +31,11 @@ def positive_scale(raw):
     return tf.nn.softplus(raw) + SCALE_EPS
 
 
+def raw_scale(scale):
+    """The inverse of `positive_scale`: raw with positive_scale(raw) = scale (> SCALE_EPS)."""
+    return tfp.math.softplus_inverse(tf.convert_to_tensor(scale, tf.float32) - SCALE_EPS)
+
+
 class Likelihood(keras.layers.Layer):
     """Base of the likelihood heads.
 

@@ -21,7 +21,7 @@ from tfvae.io import atomic_write_text
 PER_EXAMPLE_KEYS = ("log_px", "elbo", "log_px_z", "kl")
 
 
-def _batches(model, data, batch_size):
+def batches(model, data, batch_size):
     """(x, condition) batches from a tf.data.Dataset, an array, or an (x, condition) pair."""
     if isinstance(data, tf.data.Dataset):
         for element in data:
@@ -71,7 +71,7 @@ def evaluate(model, data, k: int = 5000, seed: int = 0, batch_size: int = 100,
     collected = {key: [] for key in PER_EXAMPLE_KEYS}
     start = time.perf_counter()
     seen = 0
-    for batch_index, (x, condition) in enumerate(_batches(model, data, batch_size)):
+    for batch_index, (x, condition) in enumerate(batches(model, data, batch_size)):
         out = importance_sampling(model, x, k, condition, seed=[seed, batch_index],
                                   samples_per_chunk=samples_per_chunk)
         for key in PER_EXAMPLE_KEYS:

@@ -121,11 +121,17 @@ class BaseVAE(keras.Model):
         """p(z): N(0, I), event shape [latent_dim]."""
         return standard_normal(self.latent_dim)
 
-    def encode(self, x, condition=None, training=False) -> tfd.Distribution:
-        """q(z|x[, c]) with batch shape [B] and event shape [latent_dim]."""
+    def posterior_params(self, x, condition=None, training=False):
+        """The encoder's raw output for x, [B, posterior_family.num_params(latent_dim)]:
+        the unconstrained parameters that `posterior_family.distribution` maps to q(z|x).
+        Semi-amortized inference refines these by gradient steps."""
         x = check_batch(x, self.data_shape, "x", self.likelihood.support)
         condition = check_condition(condition, self.condition_dim, x.shape[0])
-        return self.posterior_family.distribution(self.encoder_net(x, condition, training=training))
+        return self.encoder_net(x, condition, training=training)
+
+    def encode(self, x, condition=None, training=False) -> tfd.Distribution:
+        """q(z|x[, c]) with batch shape [B] and event shape [latent_dim]."""
+        return self.posterior_family.distribution(self.posterior_params(x, condition, training))
 
     def decode(self, z, condition=None, training=False) -> tfd.Distribution:
         """p(x|z[, c]) for z of shape [..., latent_dim]; batch shape [...], event = data shape.

@@ -20,6 +20,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.config import PositiveFloat, PositiveInt
+from tfvae.distributions import raw_scale
 from tfvae.inputs import check_batch
 from tfvae.models.base import BaseVAE
 from tfvae.registry import register
@@ -66,9 +67,7 @@ class LinearGaussian(BaseVAE):
         if sigma is not None:
             if self.noise_scale != "learned":
                 raise ValueError("sigma is fixed in this model (noise_scale is a number)")
-            sigma = tf.convert_to_tensor(sigma, tf.float32)
-            # Inverse of softplus(raw) + eps.
-            self.likelihood.raw_scale.assign(tfp.math.softplus_inverse(sigma - 1e-4))
+            self.likelihood.raw_scale.assign(raw_scale(sigma))
 
     def exact_marginal(self) -> tfd.Distribution:
         """p(x) = N(b, W W^T + Psi)."""
