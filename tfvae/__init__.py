@@ -7,6 +7,7 @@
     model.fit(train, epochs=10, validation_data=test)
     tfvae.evaluate(model, test, k=5000)
     tfvae.export(model, "out/vae_bmnist")
+    tfvae.gaps("runs/vae_bmnist_...", examples=100)    # log p(x) vs ELBO: the inference gaps
 """
 from tfvae.version import __version__
 from tfvae.registry import get_model_class, list_models, register
@@ -15,7 +16,7 @@ from tfvae import data
 from tfvae.presets import from_preset, list_presets, load_preset
 from tfvae.inference import evaluate, importance_sampling, log_likelihood
 from tfvae.export import export
-from tfvae.training import train
+from tfvae.training import gaps, train
 
-__all__ = ["__version__", "data", "evaluate", "export", "from_preset", "get_model_class", "importance_sampling",
+__all__ = ["__version__", "data", "evaluate", "export", "from_preset", "gaps", "get_model_class", "importance_sampling",
            "list_models", "list_presets", "load_preset", "log_likelihood", "models", "register", "train"]

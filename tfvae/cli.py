@@ -1,4 +1,4 @@
-"""The `tfvae` command: list | train | evaluate | export | sample.
+"""The `tfvae` command: list | train | evaluate | gaps | export | sample.
 
 Errors in what the user gave (unknown preset, bad config, missing data file) print one
 line, `tfvae: error: ...`, and exit with status 2, never a traceback.
@@ -85,6 +85,19 @@ def cmd_evaluate(args):
     print(f"Wrote {out_path}")
 
 
+def cmd_gaps(args):
+    from tfvae.inference.gaps import format_gap_table
+    from tfvae.training.run import GAPS_FILES, gaps
+    options = {key: value for key, value in dict(
+        steps=args.steps, eval_k=args.eval_k, learning_rate=args.learning_rate, samples=args.samples,
+        refine_steps=args.refine_steps, batch_size=args.batch_size).items() if value is not None}
+    report = gaps(args.run_dir, examples=args.examples, k=args.k, families=args.family or ("diag", "full", "flow"),
+                  data_dir=args.data_dir, split=args.split, seed=args.seed, out_dir=args.out,
+                  points=not args.no_points, **options)
+    print(format_gap_table(report))
+    print("Wrote " + ", ".join(os.path.join(args.out or args.run_dir, name) for name in GAPS_FILES))
+
+
 def cmd_export(args):
     from tfvae.export import export
     _, model = _run_model(args.run_dir)
@@ -143,6 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--out", help="JSON report path (default: RUN_DIR/evaluation.json)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("gaps", help="how far the ELBO is from log p(x): approximation and amortization gaps")
+    p.add_argument("run_dir")
+    p.add_argument("--examples", type=int, default=100, help="evaluation examples drawn at random (default: 100)")
+    p.add_argument("--k", type=int, help="importance samples for log p(x) (default: the preset's)")
+    p.add_argument("--steps", type=int, help="step budget of each per-example optimisation (default: 2000)")
+    p.add_argument("--family", action="append", choices=["diag", "full", "flow"],
+                   help="posterior family to fit per example (repeatable; default: all three)")
+    p.add_argument("--eval-k", type=int, help="samples to evaluate each fitted posterior (default: 1000)")
+    p.add_argument("--learning-rate", type=float, help="Adam step size of the optimisations (default: 0.05)")
+    p.add_argument("--samples", type=int, help="draws of z per optimisation step (default: 8)")
+    p.add_argument("--refine-steps", type=int, help="semi-amortized refinement steps (default: 20; 0 skips)")
+    p.add_argument("--batch-size", type=int, help="examples optimised at once (default: 1000)")
+    p.add_argument("--no-points", action="store_true", help="skip the ML and MAP point estimates")
+    p.add_argument("--split", help="data split (default: the preset's evaluation split)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir")
+    p.add_argument("--out", help="directory for gaps.json, gaps.png, gaps.txt (default: RUN_DIR)")
+    p.set_defaults(func=cmd_gaps)
 
     p = sub.add_parser("export", help="export a run as a SavedModel")
     p.add_argument("run_dir")

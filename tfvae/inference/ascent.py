@@ -84,7 +84,11 @@ def adam_ascent(values_fn, params: dict, settings: AscentSettings):
             total = tf.reduce_sum(values)
         gradients = tape.gradient(total, params)
         t = tf.cast(i + 1, tf.float32)
-        step_size = learning_rate * tf.sqrt(1.0 - BETA_2**t) / (1.0 - BETA_1**t)
+        # Bias-corrected Adam, with the rate ramped up over the first window: Adam's first
+        # steps have size ~learning_rate whatever the gradient, which would throw
+        # parameters that start at a good point (the encoder's q) far off it.
+        warmup = tf.minimum(1.0, t / window)
+        step_size = warmup * learning_rate * tf.sqrt(1.0 - BETA_2**t) / (1.0 - BETA_1**t)
         m = {n: BETA_1 * m[n] + (1 - BETA_1) * gradients[n] for n in params}
         v = {n: BETA_2 * v[n] + (1 - BETA_2) * tf.square(gradients[n]) for n in params}
         params = {n: params[n] + _per_example(step_size, params[n]) * m[n] / (tf.sqrt(v[n]) + ADAM_EPSILON)

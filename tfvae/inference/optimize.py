@@ -71,7 +71,7 @@ def check_init(init):
 def optimize_posterior(model, x, family="diag", init: str = "encoder", steps: int = 2000,
                        learning_rate: float = 0.05, samples: int = 8, tolerance: float | None = 0.001,
                        window: int = 50, decay: float = 0.5, plateaus: int = 5, check_samples: int = 64,
-                       condition=None, seed=0) -> PosteriorFit:
+                       condition=None, seed=0, initial_params: dict | None = None) -> PosteriorFit:
     """Fits a separate q*(z|x_b) of `family` to each example of x by maximising its ELBO.
 
     Args:
@@ -88,6 +88,8 @@ def optimize_posterior(model, x, family="diag", init: str = "encoder", steps: in
       check_samples: fixed draws of z per example for those checks.
       samples: Monte Carlo draws of z per step and example.
       seed: int or stateless pair; step i draws from stateless_fold_in(seed, i).
+      initial_params: start values for some of the family's parameters, overriding `init`
+        for those (e.g. a flow's "loc" and "raw_tril" from a fitted full-covariance q*).
     """
     settings = AscentSettings(steps, learning_rate, tolerance, window, decay, plateaus)
     family = get_family(family)
@@ -100,6 +102,11 @@ def optimize_posterior(model, x, family="diag", init: str = "encoder", steps: in
     seed = as_seed(seed)
     mean, stddev = initial_moments(model, x, condition, init, seed)
     params = family.initial_params(mean, stddev)
+    unknown = set(initial_params or ()) - set(params)
+    if unknown:
+        raise ValueError(f"initial_params has keys {sorted(unknown)} that the {family.name} family does not "
+                         f"have; its parameters are {sorted(params)}")
+    params.update({key: tf.convert_to_tensor(value, tf.float32) for key, value in (initial_params or {}).items()})
 
     def make():
         def fit(x, condition, params, seed):

@@ -128,3 +128,33 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
         metadata["evaluation"] = report
     atomic_write_text(os.path.join(out, "metadata.json"), json.dumps(metadata, indent=2) + "\n")
     return out
+
+
+GAPS_FILES = ("gaps.json", "gaps.png", "gaps.txt")
+
+
+def gaps(run_dir: str, examples: int = 100, k: int | None = None, families=("diag", "full", "flow"),
+         data_dir: str | None = None, split: str | None = None, seed: int = 0, out_dir: str | None = None,
+         verbose: bool = True, **options) -> dict:
+    """The gap report (`tfvae.inference.gaps.gap_report`) of a run directory's model on
+    `examples` evaluation examples drawn at random with `seed`; writes gaps.json, gaps.png
+    (the plot) and gaps.txt (the table) to `out_dir` (default: the run directory).
+
+    k: importance samples for log p(x) (default: the preset's evaluation k). `options` go
+    to `gap_report` (steps, eval_k, learning_rate, samples, refine_steps, points, ...).
+    """
+    from tfvae.inference.gaps import format_gap_table, gap_report, plot_gaps
+    from tfvae.presets import from_preset, load_preset
+    preset = load_preset(run_dir)
+    model = from_preset(run_dir, compile=False)
+    batches = list(load_eval_data(preset, data_dir, examples=examples, batch_size=examples, split=split, seed=seed))
+    pairs = [model.unpack(b) for b in batches]
+    x = np.concatenate([np.asarray(xb) for xb, _ in pairs])
+    condition = None if pairs[0][1] is None else np.concatenate([np.asarray(c) for _, c in pairs])
+    out_dir = out_dir or run_dir
+    json_path, png_path, text_path = (os.path.join(out_dir, name) for name in GAPS_FILES)
+    report = gap_report(model, x, condition, families=families, k=k or preset.evaluation.k, seed=seed,
+                        verbose=verbose, out_path=json_path, **options)
+    plot_gaps(report, png_path)
+    atomic_write_text(text_path, format_gap_table(report) + "\n")
+    return report
