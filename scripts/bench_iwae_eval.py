@@ -29,7 +29,17 @@ threads suffer more from a busy core than TensorFlow's pool), so each round also
 `other_cpu_cores`: the CPU time used by processes other than this one and its
 children, per second of the timed section (from /proc/stat; null where unavailable).
 Rounds with more than 0.2 of a core in use elsewhere are flagged on stderr; compare
-ratios from quiet runs.
+ratios from quiet runs. (With one core busy elsewhere torch fell to ~2 examples/s and
+tfvae to ~10, a meaningless "ratio" of ~5.)
+
+The two mean log p(x) figures in the output are not comparable: the weights are
+initialised differently (Keras Glorot vs torch's default) and tfvae's posterior scale is
+softplus(raw) + 1e-4 where the reference uses exp(0.5 * logvar).
+
+Knobs measured on the 2-core machine this was written on (quiet, medians; noise ~5%):
+--batch-size 1, 5, 10, 20 and 100 (with --examples 100) were within noise of each other;
+--inter-op-threads 1 was ~5-10% faster than TensorFlow's default of 2 (fewer threads
+competing for the 2 cores); --intra-op-threads 1 halved throughput.
 
 Example (from the repository root, torch installed with `pip install torch==2.13.0`):
 
@@ -59,8 +69,8 @@ def parse_args():
     p.add_argument("--examples", type=int, default=20, help="N, examples per timed pass (default: 20)")
     p.add_argument("--k", type=int, default=5000, help="importance samples per example (default: 5000)")
     p.add_argument("--batch-size", type=int, default=20,
-                   help="examples per tfvae.log_likelihood call (default: 20, the fastest measured; "
-                        "capped at --examples)")
+                   help="examples per tfvae.log_likelihood call, capped at --examples (default: 20; "
+                        "1 to 100 measured within noise of each other)")
     p.add_argument("--rounds", type=int, default=3, help="alternating tfvae/torch rounds (default: 3)")
     p.add_argument("--samples-per-chunk", type=int, default=None,
                    help="samples_per_chunk passed to tfvae.log_likelihood (default: the library default)")
