@@ -67,10 +67,11 @@ class LogitBernoulli(tfd.Bernoulli):
 
     For finite logits this is TFP's -(1 - x) softplus(logit) - x softplus(-logit), since
     softplus(-l) = softplus(l) - l (equal to float32 round-off; an infinite logit gives NaN
-    here, where TFP's multiply_no_nan form gives 0 or -inf). It takes one softplus over the
-    logits instead of two and broadcasts x [B, ...] against logits [k, B, ...] without
-    materialising either: with k importance samples the log-prob of the decoder's output is
-    a large part of the cost of `tfvae.log_likelihood`.
+    here, where TFP's multiply_no_nan form gives 0 or -inf). It makes three elementwise
+    passes over the logits (one softplus) where TFP's makes about eight (two softplus). With
+    k importance samples that matters: for an MLP VAE on 784 pixels at k=5000 on a 2-core
+    CPU, `tfvae.log_likelihood` went from ~20 to ~22-26 examples/s
+    (scripts/bench_iwae_eval.py).
     """
 
     def _log_prob(self, event):
