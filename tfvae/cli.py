@@ -68,15 +68,10 @@ def cmd_train(args):
             _print_report(json.load(f))
 
 
-def _run_model(run_dir):
-    from tfvae.presets import from_preset, load_preset
-    return load_preset(run_dir), from_preset(run_dir, compile=False)
-
-
 def cmd_evaluate(args):
     from tfvae.inference import evaluate
-    from tfvae.training.run import load_eval_data
-    preset, model = _run_model(args.run_dir)
+    from tfvae.training.run import load_eval_data, load_run
+    preset, model = load_run(args.run_dir)
     k = args.k or preset.evaluation.k
     data = load_eval_data(preset, args.data_dir, examples=args.examples, split=args.split, seed=args.seed)
     out_path = args.out or os.path.join(args.run_dir, "evaluation.json")
@@ -100,7 +95,8 @@ def cmd_gaps(args):
 
 def cmd_export(args):
     from tfvae.export import export
-    _, model = _run_model(args.run_dir)
+    from tfvae.training.run import load_run
+    _, model = load_run(args.run_dir)
     path = export(model, args.out, k=args.k, max_samples=args.max_samples)
     print(f"SavedModel written to {path}")
 
@@ -108,7 +104,8 @@ def cmd_export(args):
 def cmd_sample(args):
     import numpy as np
     from tfvae.training.images import save_image_grid
-    _, model = _run_model(args.run_dir)
+    from tfvae.training.run import load_run
+    _, model = load_run(args.run_dir)
     condition = None
     if model.condition_dim:
         labels = np.arange(args.n) % model.condition_dim
@@ -117,6 +114,13 @@ def cmd_sample(args):
     out = args.out or os.path.join(args.run_dir, f"samples_seed{args.seed}.png")
     save_image_grid({f"{args.n} samples, seed {args.seed}": images}, out, columns=min(args.n, 16))
     print(f"Wrote {out}")
+
+
+def _add_data_options(p):
+    """The evaluation examples' options shared by `evaluate` and `gaps`."""
+    p.add_argument("--split", help="data split (default: the preset's evaluation split)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,9 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--k", type=int, help="importance samples per example (default: the preset's)")
     p.add_argument("--examples", type=int, help="examples drawn at random (default: the preset's)")
-    p.add_argument("--split", help="data split (default: the preset's evaluation split)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir")
+    _add_data_options(p)
     p.add_argument("--out", help="JSON report path (default: RUN_DIR/evaluation.json)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -170,9 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-steps", type=int, help="semi-amortized refinement steps (default: 20; 0 skips)")
     p.add_argument("--batch-size", type=int, help="examples optimised at once (default: 1000)")
     p.add_argument("--no-points", action="store_true", help="skip the ML and MAP point estimates")
-    p.add_argument("--split", help="data split (default: the preset's evaluation split)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir")
+    _add_data_options(p)
     p.add_argument("--out", help="directory for gaps.json, gaps.png, gaps.txt (default: RUN_DIR)")
     p.set_defaults(func=cmd_gaps)
 

@@ -61,6 +61,13 @@ def check_batch(x, event_shape, what: str = "x", support: str = "real"):
     return x
 
 
+def check_count(name: str, value, minimum: int = 1):
+    """Raises ValueError unless `value` is an int (not a bool) >= minimum (1 or 0)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive" if minimum == 1 else "a non-negative"
+        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+
+
 def check_condition(condition, condition_dim: int, batch_size=None):
     """The condition tensor [B, condition_dim] of a conditional model, or None for others."""
     if condition_dim == 0:

@@ -20,12 +20,13 @@ ends when every example has converged, or after `steps` steps.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import weakref
 
 import numpy as np
 import tensorflow as tf
+
+from tfvae.inputs import check_count
 
 BETA_1, BETA_2, ADAM_EPSILON = 0.9, 0.999, 1e-8
 
@@ -47,9 +48,7 @@ class AscentSettings:
         if not (isinstance(self.decay, (int, float)) and 0 < self.decay <= 1):
             raise ValueError(f"decay must be in (0, 1], got {self.decay!r}")
         for name in ("steps", "window", "plateaus"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(name, getattr(self, name))
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
         if self.tolerance is not None and not (isinstance(self.tolerance, (int, float)) and self.tolerance >= 0):

@@ -37,7 +37,8 @@ def batches(model, data, batch_size):
         yield x[start:start + batch_size], None if condition is None else condition[start:start + batch_size]
 
 
-def _mean_and_se(values: np.ndarray) -> tuple[float, float]:
+def mean_and_se(values: np.ndarray) -> tuple[float, float]:
+    """(mean, standard error std/sqrt(n)); the error is NaN for a single value."""
     se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
     return float(values.mean()), se
 
@@ -86,8 +87,8 @@ def evaluate(model, data, k: int = 5000, seed: int = 0, batch_size: int = 100,
     arrays = {key: np.concatenate(v) for key, v in collected.items()}
     report = {"k": k, "examples": seen}
     for key in PER_EXAMPLE_KEYS:
-        report[key], report[f"{key}_se"] = _mean_and_se(arrays[key])
-    report["gap"], report["gap_se"] = _mean_and_se(arrays["log_px"] - arrays["elbo"])
+        report[key], report[f"{key}_se"] = mean_and_se(arrays[key])
+    report["gap"], report["gap_se"] = mean_and_se(arrays["log_px"] - arrays["elbo"])
     report["nll"] = -report["log_px"]
     report["bits_per_dim"] = report["nll"] / (math.log(2) * math.prod(model.data_shape))
     report["seconds"] = seconds

@@ -25,7 +25,7 @@ from tfvae.distributions import SCALE_EPS, positive_scale, raw_scale
 tfd, tfb = tfp.distributions, tfp.bijectors
 
 
-def moments(q, latent_dim: int, seed=(0, 0), samples: int = 256):
+def moments(q, seed=(0, 0), samples: int = 256):
     """(mean, standard deviation), each [B, L], of a distribution over z: exact when TFP
     has them, else estimated from `samples` draws (e.g. for a flow posterior)."""
     try:

@@ -12,9 +12,10 @@ with the encoder as proposal (k samples) and with each fitted q* (eval_k samples
 proposal whose estimate is highest on average is the reference, as in Cremer et al.,
 since a poor proposal makes the bound loose and would make the approximation gap look
 smaller than it is. (Taking the per-example maximum instead would add an upward bias from
-the estimates' noise.) The encoder-only estimate is reported too. Alongside: semi-amortized refinement of q, the point estimates ML and MAP (what
-optimising z alone gives), active units, and the wall time per example of each path
-(one encoder pass, per-example optimisation, importance sampling).
+the estimates' noise.) The encoder-only estimate is reported too. Alongside: semi-amortized
+refinement of q, the point estimates ML and MAP (what optimising z alone gives), active
+units, and the wall time per example of each path (one encoder pass, per-example
+optimisation, importance sampling).
 
 `gap_report` returns a JSON-ready dict; `format_gap_table` renders it for a terminal and
 `plot_gaps` draws the decomposition and the optimisation traces.
@@ -28,25 +29,27 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfvae.inference.families import FAMILIES, get_family
+from tfvae.inference.families import get_family
+from tfvae.inference.evaluate import mean_and_se
 from tfvae.inference.importance import importance_sampling
 from tfvae.inference.optimize import optimize_posterior
 from tfvae.inference.points import laplace_log_likelihood, point_estimate
 from tfvae.inference.refine import refine_posterior
 from tfvae.inference.units import active_units
-from tfvae.inputs import check_batch, check_condition
+from tfvae.inputs import check_batch, check_condition, check_count
 from tfvae.io import atomic_write_text
 
 IS_BATCH = 100          # examples per importance-sampling call
 
 
 def _stat(values) -> dict:
+    """{"mean", "se"} over the finite values (a Laplace estimate can be NaN)."""
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if len(values) == 0:
         return {"mean": math.nan, "se": math.nan}
-    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
-    return {"mean": float(values.mean()), "se": se}
+    mean, se = mean_and_se(values)
+    return {"mean": mean, "se": se}
 
 
 def _slices(n, size):
@@ -112,8 +115,7 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
     """
     families = [get_family(f).name for f in families]
     for name, value in (("k", k), ("eval_k", eval_k), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_count(name, value)
     x = check_batch(x, model.data_shape, "x", model.likelihood.support)
     condition = check_condition(condition, model.condition_dim, x.shape[0])
     n = int(x.shape[0])
@@ -149,19 +151,19 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
                    for i, part in enumerate(_slices(n, batch_size))]
         refine_seconds = time.perf_counter() - start
         refined = tf.concat(refined, 0)
-        family = model.posterior_family
         terms, _ = _importance(model, x, condition, eval_k, seed + 1,
-                               lambda i: family.distribution(refined[i * IS_BATCH:(i + 1) * IS_BATCH]))
+                               _batch_proposals(model.posterior_family.distribution, refined))
         report["paths"]["semi_amortized"] = _path_row(terms, refine_seconds, n,
                                                       label=f"semi-amortized ({refine_steps} steps)")
         path_terms["semi_amortized"] = terms
 
     fitted = {}
     for name in families:
+        family = get_family(name)
         # The flow contains the full-covariance Gaussian: start it at that optimum when known.
         start_from = "full" if name == "flow" and "full" in fitted else None
         label = f"q* {name}" + (" (from q* full)" if start_from else "")
-        say(f"{label}: optimising a {FAMILIES[name]().description} per example (up to {steps} steps)")
+        say(f"{label}: optimising a {family.description} per example (up to {steps} steps)")
         fits = []
         for i, part in enumerate(_slices(n, batch_size)):
             initial = None
@@ -170,15 +172,15 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
             # From an optimum, full-size first Adam steps on the flow's new parameters would
             # throw it off; fine-tune with a tenth of the step size.
             rate = learning_rate / 10 if start_from else learning_rate
-            fits.append(optimize_posterior(model, x[part], family=name, steps=steps, learning_rate=rate,
+            fits.append(optimize_posterior(model, x[part], family=family, steps=steps, learning_rate=rate,
                                            samples=samples, condition=_part(condition, part), seed=[seed, i],
                                            initial_params=initial))
         fitted[name] = fits
-        terms, _ = _importance(model, x, condition, eval_k, seed + 2, _proposals(name, fits))
-        seconds = sum(f.seconds for f in fits) + sum(f.seconds for f in fitted[start_from]) if start_from else \
-            sum(f.seconds for f in fits)
+        params = {key: tf.concat([f.params[key] for f in fits], 0) for key in fits[0].params}
+        terms, _ = _importance(model, x, condition, eval_k, seed + 2, _batch_proposals(family.distribution, params))
+        seconds = sum(f.seconds for f in fits + (fitted[start_from] if start_from else []))
         report["paths"][name] = _path_row(
-            terms, seconds, n, label=label, family=FAMILIES[name]().description,
+            terms, seconds, n, label=label, family=family.description,
             steps=max(f.steps for f in fits), converged=float(np.mean(np.concatenate([f.converged for f in fits]))))
         report["traces"][name] = _mean_trace([f.trace for f in fits])
         path_terms[name] = terms
@@ -221,11 +223,10 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
     return report
 
 
-def _proposals(name, fits):
-    """proposal(i) for importance-sampling batch i: the fitted q* restricted to its examples."""
-    family = get_family(name)
-    params = {key: tf.concat([f.params[key] for f in fits], 0) for key in fits[0].params}
-    return lambda i: family.distribution({key: value[i * IS_BATCH:(i + 1) * IS_BATCH] for key, value in params.items()})
+def _batch_proposals(distribution, params):
+    """proposal(i) for importance-sampling batch i: `distribution` of the rows of `params`
+    (a tensor or a dict of tensors, [N, ...]) that belong to that batch's examples."""
+    return lambda i: distribution(tf.nest.map_structure(lambda p: p[i * IS_BATCH:(i + 1) * IS_BATCH], params))
 
 
 def format_gap_table(report: dict) -> str:

@@ -17,7 +17,7 @@ import weakref
 
 import tensorflow as tf
 
-from tfvae.inputs import check_batch, check_condition
+from tfvae.inputs import check_batch, check_condition, check_count
 from tfvae.models.base import as_seed
 
 DEFAULT_SAMPLES_PER_CHUNK = 2**16   # z's decoded at once (chunk * batch); bounds memory
@@ -80,8 +80,7 @@ def importance_sampling(model, x, k: int = 5000, condition=None, seed=0, proposa
       samples_per_chunk: bound on chunk * B, the number of z decoded at once.
       compiled: run inside a `tf.function` (one trace per k).
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    check_count("k", k)
     x = check_batch(x, model.data_shape, "x", model.likelihood.support)
     condition = check_condition(condition, model.condition_dim, x.shape[0])
     seed = as_seed(seed)

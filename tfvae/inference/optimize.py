@@ -27,7 +27,7 @@ import tensorflow_probability as tfp
 
 from tfvae.inference.ascent import CHECK_STEP, AscentSettings, adam_ascent, compiled, run_ascent
 from tfvae.inference.families import get_family, moments
-from tfvae.inputs import check_batch, check_condition
+from tfvae.inputs import check_batch, check_condition, check_count
 from tfvae.models.base import as_seed
 
 tfd = tfp.distributions
@@ -58,7 +58,7 @@ class PosteriorFit:
 def initial_moments(model, x, condition, init: str, seed):
     """(mean, stddev) [B, L] to start from: the encoder's q(z|x) or the prior N(0, I)."""
     if init == "encoder":
-        return moments(model.encode(x, condition), model.latent_dim, seed)
+        return moments(model.encode(x, condition), seed)
     zeros = tf.zeros([tf.shape(x)[0], model.latent_dim])
     return zeros, tf.ones_like(zeros)
 
@@ -95,8 +95,7 @@ def optimize_posterior(model, x, family="diag", init: str = "encoder", steps: in
     family = get_family(family)
     check_init(init)
     for name, value in (("samples", samples), ("check_samples", check_samples)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_count(name, value)
     x = check_batch(x, model.data_shape, "x", model.likelihood.support)
     condition = check_condition(condition, model.condition_dim, x.shape[0])
     seed = as_seed(seed)

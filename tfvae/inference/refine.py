@@ -19,7 +19,7 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.inputs import check_batch, check_condition
+from tfvae.inputs import check_batch, check_condition, check_count
 
 tfd = tfp.distributions
 
@@ -53,10 +53,8 @@ def refine_posterior(model, x, steps: int = 10, learning_rate: float = 0.1, samp
         gets gradients only through lambda_0's direct path).
       params: start from these unconstrained parameters instead of the encoder's.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    check_count("steps", steps, minimum=0)
+    check_count("samples", samples)
     x = check_batch(x, model.data_shape, "x", model.likelihood.support)
     condition = check_condition(condition, model.condition_dim, x.shape[0])
     family = model.posterior_family

@@ -21,7 +21,7 @@ ACTIVITY_THRESHOLD = 0.01
 def active_units(model, data, threshold: float = ACTIVITY_THRESHOLD, batch_size: int = 500) -> dict:
     """{"active": count, "threshold", "latent_dim", "activity": [L] Var_x(E_q[z_i])} over
     `data` (a batched tf.data.Dataset, an array, or an (x, condition) pair)."""
-    means = [moments(model.encode(x, condition), model.latent_dim)[0].numpy()
+    means = [moments(model.encode(x, condition))[0].numpy()
              for x, condition in batches(model, data, batch_size)]
     means = np.concatenate(means)
     if len(means) < 2:

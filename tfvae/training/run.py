@@ -27,7 +27,7 @@ from tfvae.registry import get_model_class
 from tfvae.inference.evaluate import evaluate
 from tfvae.io import atomic_write_text
 from tfvae.presets import (CONFIG_FILE, WEIGHTS_FILE, EvaluationSection, Preset, TrainingSection,
-                           build_model, compile_model, load_preset, load_weights)
+                           build_model, compile_model, from_preset, load_preset, load_weights)
 from tfvae.training.callbacks import Checkpoints, ImageGrid, KLWarmup
 from tfvae.version import versions
 
@@ -130,6 +130,11 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
     return out
 
 
+def load_run(run_dir: str):
+    """(preset, model) of a run directory: its resolved config and its trained weights."""
+    return load_preset(run_dir), from_preset(run_dir, compile=False)
+
+
 GAPS_FILES = ("gaps.json", "gaps.png", "gaps.txt")
 
 
@@ -144,9 +149,7 @@ def gaps(run_dir: str, examples: int = 100, k: int | None = None, families=("dia
     to `gap_report` (steps, eval_k, learning_rate, samples, refine_steps, points, ...).
     """
     from tfvae.inference.gaps import format_gap_table, gap_report, plot_gaps
-    from tfvae.presets import from_preset, load_preset
-    preset = load_preset(run_dir)
-    model = from_preset(run_dir, compile=False)
+    preset, model = load_run(run_dir)
     batches = list(load_eval_data(preset, data_dir, examples=examples, batch_size=examples, split=split, seed=seed))
     pairs = [model.unpack(b) for b in batches]
     x = np.concatenate([np.asarray(xb) for xb, _ in pairs])
