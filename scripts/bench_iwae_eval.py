@@ -36,10 +36,12 @@ The two mean log p(x) figures in the output are not comparable: the weights are
 initialised differently (Keras Glorot vs torch's default) and tfvae's posterior scale is
 softplus(raw) + 1e-4 where the reference uses exp(0.5 * logvar).
 
-Knobs measured on the 2-core machine this was written on (quiet, medians; noise ~5%):
+Knobs measured on the 2-core machine this was written on (quiet, medians):
 --batch-size 1, 5, 10, 20 and 100 (with --examples 100) were within noise of each other;
---inter-op-threads 1 was ~5-10% faster than TensorFlow's default of 2 (fewer threads
-competing for the 2 cores); --intra-op-threads 1 halved throughput.
+--samples-per-chunk 16384 to 262144 were within noise, 4096 was ~7% slower;
+--inter-op-threads 1 was within noise of the default; --intra-op-threads 1 halved
+throughput. Single rounds vary by up to 20-30% on a shared host even when /proc/stat shows
+it quiet (torch more than tfvae), so use 5 or more rounds and compare medians.
 
 Example (from the repository root, torch installed with `pip install torch==2.13.0`):
 

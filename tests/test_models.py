@@ -109,6 +109,31 @@ def test_bernoulli_log_prob_matches_numpy():
     np.testing.assert_allclose(p.mean().numpy(), 1 / (1 + np.exp(-logits)), rtol=1e-5)
 
 
+def test_fused_bernoulli_log_prob_and_gradient_against_float64():
+    """The fused kernel, with x broadcast over k samples, soft targets and logits far in the
+    tails or exactly 0, against float64 numpy: log p = sum x * l - log(1 + e^l);
+    d/dl = x - sigmoid(l); d/dx = l summed over the k samples."""
+    from tfvae.distributions import BernoulliLikelihood
+    rng = np.random.default_rng(0)
+    logits = (rng.normal(size=(7, 4, 3, 5)) * 20).astype("float32")      # [k, B, *event]
+    logits[0, 0, 0, :] = [-80, -30, 0, 30, 80]
+    x = rng.random((4, 3, 5)).astype("float32")                           # [B, *event], soft
+    x[0, 0, :] = [0, 1, 0, 0, 1]
+    head = BernoulliLikelihood((3, 5))
+    logits_t, x_t = tf.constant(logits), tf.constant(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([logits_t, x_t])
+        log_prob = head.distribution(logits_t[..., None]).log_prob(x_t)
+        total = tf.reduce_sum(log_prob)
+    l64, x64 = logits.astype(np.float64), x.astype(np.float64)
+    expected = (x64 * l64 - np.logaddexp(0, l64)).sum(axis=(-2, -1))
+    assert log_prob.shape == (7, 4)
+    np.testing.assert_allclose(log_prob.numpy(), expected, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(tape.gradient(total, logits_t).numpy(), x64 - 1 / (1 + np.exp(-l64)),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(total, x_t).numpy(), l64.sum(0), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("scale", [0.25, "learned", "predicted"])
 def test_gaussian_log_prob_matches_numpy(scale):
     model = tiny_vae(likelihood={"type": "gaussian", "scale": scale})
