@@ -208,3 +208,12 @@ def standard_normal(latent_dim: int) -> tfd.Distribution:
     """p(z) = N(0, I) with event shape [latent_dim]."""
     return tfd.MultivariateNormalDiag(loc=tf.zeros([latent_dim]), scale_diag=tf.ones([latent_dim]))
 
+
+def moments(q, seed=(0, 0), samples: int = 256):
+    """(mean, standard deviation), each [B, L], of a distribution over z: exact when TFP
+    has them, else estimated from `samples` draws (e.g. for a flow posterior)."""
+    try:
+        return q.mean(), q.stddev()
+    except NotImplementedError:
+        z = q.sample(samples, seed=tf.cast(seed, tf.int32))
+        return tf.reduce_mean(z, 0), tf.math.reduce_std(z, 0) + SCALE_EPS

@@ -52,6 +52,7 @@ import os
 import keras
 import tensorflow as tf
 
+from tfvae.distributions import moments
 from tfvae.inference.importance import importance_terms
 from tfvae.io import atomic_path
 from tfvae.version import versions
@@ -115,8 +116,8 @@ def _endpoints(model, k: int, max_samples: int, export_seed: int) -> dict:
         return x, condition
 
     def encode(x, condition):
-        q = model.encode(*inputs(x, condition))
-        return {"mean": q.mean(), "stddev": q.stddev()}
+        mean, stddev = moments(model.encode(*inputs(x, condition)))
+        return {"mean": mean, "stddev": stddev}
 
     def decode(z, condition):
         z = _checked(z, "z")

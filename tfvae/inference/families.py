@@ -25,16 +25,6 @@ from tfvae.distributions import SCALE_EPS, positive_scale, raw_scale
 tfd, tfb = tfp.distributions, tfp.bijectors
 
 
-def moments(q, seed=(0, 0), samples: int = 256):
-    """(mean, standard deviation), each [B, L], of a distribution over z: exact when TFP
-    has them, else estimated from `samples` draws (e.g. for a flow posterior)."""
-    try:
-        return q.mean(), q.stddev()
-    except NotImplementedError:
-        z = q.sample(samples, seed=tf.cast(seed, tf.int32))
-        return tf.reduce_mean(z, 0), tf.math.reduce_std(z, 0) + SCALE_EPS
-
-
 def _fill_tril():
     return tfb.FillScaleTriL(diag_bijector=tfb.Softplus(), diag_shift=SCALE_EPS)
 

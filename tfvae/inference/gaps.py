@@ -29,6 +29,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tfvae.distributions import moments
 from tfvae.inference.families import get_family
 from tfvae.inference.evaluate import mean_and_se
 from tfvae.inference.importance import importance_sampling
@@ -197,7 +198,7 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
 
     if points:
         say("point estimates: maximum-likelihood and MAP latents")
-        q_mean = tf.concat([model.encode(x[p], _part(condition, p)).mean() for p in _slices(n, batch_size)], 0)
+        q_mean = tf.concat([moments(model.encode(x[p], _part(condition, p)))[0] for p in _slices(n, batch_size)], 0)
         log_px_z = np.concatenate([model.decode(q_mean[p], _part(condition, p)).log_prob(x[p]).numpy()
                                    for p in _slices(n, batch_size)])
         log_pz = model.prior().log_prob(q_mean).numpy()

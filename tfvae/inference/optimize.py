@@ -26,7 +26,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.inference.ascent import CHECK_STEP, AscentSettings, adam_ascent, compiled, run_ascent
-from tfvae.inference.families import get_family, moments
+from tfvae.distributions import moments
+from tfvae.inference.families import get_family
 from tfvae.inputs import check_batch, check_condition, check_count
 from tfvae.models.base import as_seed
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfvae.inference.families import moments
+from tfvae.distributions import moments
 from tfvae.inference.evaluate import batches
 
 ACTIVITY_THRESHOLD = 0.01

@@ -26,8 +26,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.config import NonNegativeInt, PositiveInt, Sizes, validate
-from tfvae.distributions import (LIKELIHOODS, DiagonalGaussianPosterior, build_likelihood, normalize_spec,
-                                 standard_normal)
+from tfvae.distributions import (LIKELIHOODS, DiagonalGaussianPosterior, build_likelihood, moments,
+                                 normalize_spec, standard_normal)
 from tfvae.inputs import as_float_tensor, check_batch, check_condition
 from tfvae.nets import build_decoder, build_encoder, normalize_net_spec
 
@@ -88,15 +88,27 @@ class BaseVAE(keras.Model):
             kl=self.kl_mode, seed=self.seed))
 
         self.likelihood = build_likelihood(likelihood_spec, self.data_shape)
-        self.encoder_net = build_encoder(encoder_spec, self.data_shape, self.condition_dim,
-                                         self.posterior_family.num_params(self.latent_dim))
-        self.decoder_net = build_decoder(decoder_spec, self.latent_dim, self.data_shape,
+        self.encoder_net = build_encoder(encoder_spec, self.data_shape, self.condition_dim, self.encoder_output_units())
+        self.decoder_net = build_decoder(decoder_spec, self.decoder_input_dim(), self.data_shape,
                                          self.likelihood.params_per_dim, self.condition_dim)
         self.seed_generator = keras.random.SeedGenerator(args["seed"], name="sampling_seed")
         # Multiplies the KL term of the training objective; the KL warm-up callback ramps it 0 -> 1.
         self.kl_weight = self.add_weight(shape=(), initializer="ones", trainable=False, name="kl_weight")
         self.trackers = {n: keras.metrics.Mean(name=n) for n in METRIC_NAMES}
         self.build()
+
+    # ----------------------------------------------------------------- network sizes
+    # Hooks for variants whose networks do not map x -> q(z|x) and z -> p(x|z) over the whole
+    # latent vector (e.g. hierarchical models: the encoder body feeds the first of several
+    # stochastic layers, the decoder body sees only z_1). Called during __init__, after the
+    # base attributes (latent_dim, condition_dim, likelihood) are set.
+    def encoder_output_units(self) -> int:
+        """Width of the encoder body's output: the raw parameters of q(z|x) by default."""
+        return self.posterior_family.num_params(self.latent_dim)
+
+    def decoder_input_dim(self) -> int:
+        """Width of the decoder body's input: the whole z by default."""
+        return self.latent_dim
 
     # ----------------------------------------------------------------- Keras plumbing
     def build(self, input_shape=None):
@@ -263,9 +275,10 @@ class BaseVAE(keras.Model):
 
     # ----------------------------------------------------------------- conveniences
     def reconstruct(self, x, condition=None, training=False):
-        """Mean of p(x | z = mean of q(z|x)), shape [B, *data_shape]."""
+        """Mean of p(x | z = mean of q(z|x)), shape [B, *data_shape] (the mean estimated
+        from fixed draws when q has no closed form, e.g. a flow; see `moments`)."""
         q = self.encode(x, condition, training=training)
-        return self.decode(q.mean(), condition, training=training).mean()
+        return self.decode(moments(q)[0], condition, training=training).mean()
 
     def sample(self, n: int, seed=None, condition=None, mean: bool = True):
         """n draws x ~ p(x|z), z ~ p(z); the means of p(x|z) when `mean` (images without
