@@ -108,3 +108,32 @@ def test_register_adds_a_variant_and_refuses_a_taken_name():
         -(terms["log_px_z"] - 0.5 * terms["kl"]).numpy().mean(), rel=1e-5)
     with pytest.raises(ValueError, match="already taken"):
         tfvae.register("vae")(HalfKL)
+
+
+def test_the_paper_protocol_overrides_the_short_recipe():
+    preset = tfvae.load_preset("vae_bmnist")
+    assert preset.paper.test_nll == 88.7 and "Burda" in preset.paper.source
+    paper = preset.with_protocol("paper")
+    assert (paper.training.epochs, paper.training.batch_size, paper.training.schedule) == (3280, 20, "burda")
+    assert paper.training.adam_epsilon == 1e-4 and paper.evaluation.examples is None
+    assert paper.training.seed == preset.training.seed                   # what the paper leaves is kept
+    assert preset.with_protocol("short") is preset
+    optimizer = tfvae.presets.make_optimizer(paper.training)
+    assert optimizer.epsilon == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="no paper section"):
+        tfvae.load_preset("vae_shapes").with_protocol("paper")
+    with pytest.raises(ValueError, match="protocol must be one of short, paper"):
+        preset.with_protocol("long")
+
+
+def test_bad_paper_sections_are_rejected(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("model: {class: vae}\npaper: {test_nll: 88.7}\n")
+    with pytest.raises(ConfigError, match="paper section: missing required key 'source'"):
+        tfvae.load_preset(str(path))
+    path.write_text("model: {class: vae}\npaper: {source: x, training: {epoch: 3}}\n")
+    with pytest.raises(ConfigError, match="paper.training: unknown key 'epoch'. Did you mean 'epochs'"):
+        tfvae.load_preset(str(path))
+    path.write_text("model: {class: vae}\ntraining: {optimizer: sgd, adam_epsilon: 1.0e-4}\n")
+    with pytest.raises(ConfigError, match="adam_epsilon applies to adam and adamax"):
+        tfvae.from_preset(str(path))

@@ -60,7 +60,7 @@ def cmd_train(args):
     evaluation = {k: v for k, v in dict(k=args.eval_k, examples=args.eval_examples).items() if v is not None}
     out = train(args.preset, out=args.out, data_dir=args.data_dir, model=dict(args.set or []), training=training,
                 evaluation=evaluation, weights=args.weights, evaluate_after=not args.no_eval,
-                verbose=1 if args.verbose else 2)
+                verbose=1 if args.verbose else 2, protocol=args.protocol)
     print(f"Run directory: {out}")
     report_path = os.path.join(out, "evaluation.json")
     if os.path.exists(report_path):
@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a preset and write a run directory")
     p.add_argument("preset", nargs="?", default=DEFAULT_PRESET,
                    help=f"zoo preset, run directory or YAML file (default: {DEFAULT_PRESET}, no download)")
+    p.add_argument("--protocol", choices=["short", "paper"], default="short",
+                   help="short: the preset's CPU recipe (default); paper: its paper's published protocol")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate", type=float)

@@ -1,13 +1,17 @@
 """Zoo presets: pick a model by name, the keras-hub way.
 
-A preset is a YAML file in `zoo_configs/` (installed as `tfvae.zoo_configs`) with five
+A preset is a YAML file in `zoo_configs/` (installed as `tfvae.zoo_configs`) with these
 sections, each validated against the dataclasses below:
 
     description: one line, then the protocol
     model:       {class: <registered model name>, ...constructor arguments}
     data:        DataSection
-    training:    TrainingSection
+    training:    TrainingSection (the short CPU recipe: what `tfvae train` runs)
     evaluation:  EvaluationSection
+    paper:       PaperSection (optional: the published protocol and number)
+
+`protocol="paper"` (`tfvae train --protocol paper`, `scripts/reproduce.py`) applies the
+paper section's training and evaluation overrides on top of the short recipe.
 
 A run directory written by `tfvae train` holds the same YAML as `config.yaml` next to
 `model.weights.h5`, so `from_preset(run_dir)` rebuilds the trained model.
@@ -45,10 +49,19 @@ class DataSection:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingSection:
+    """schedule: "constant" learning rate, or "burda": Burda et al. (2016)'s stages
+    i = 0..7 of 3^i epochs at learning_rate * 10^(-i/7) (3,280 epochs in all; the last rate
+    is kept after them). adam_epsilon: epsilon of Adam/Adamax (None: Keras' 1e-7).
+    early_stopping_patience: stop after this many epochs without a lower validation loss,
+    and restore the best weights."""
+
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 100
     optimizer: Literal["adam", "adamax", "rmsprop", "sgd"] = "adam"
     learning_rate: PositiveFloat = 1e-3
+    schedule: Literal["constant", "burda"] = "constant"
+    adam_epsilon: PositiveFloat | None = None
+    early_stopping_patience: PositiveInt | None = None
     clipnorm: PositiveFloat | None = None
     kl_warmup_epochs: NonNegativeInt = 0
     steps_per_epoch: PositiveInt | None = None
@@ -68,18 +81,50 @@ class EvaluationSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class PaperSection:
+    """The published protocol of a preset: where its number comes from (source), the
+    published test NLL in nats (None if the paper gives none for this setting), and the
+    overrides of the training and evaluation sections that reproduce its protocol."""
+
+    source: str
+    test_nll: float | None = None
+    training: dict | None = None
+    evaluation: dict | None = None
+
+
+PROTOCOLS = ("short", "paper")
+
+
+@dataclasses.dataclass(frozen=True)
 class Preset:
     description: str
     model: dict
     data: DataSection = DataSection()
     training: TrainingSection = TrainingSection()
     evaluation: EvaluationSection = EvaluationSection()
+    paper: PaperSection | None = None
     name: str = ""
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out.pop("name")
+        if out["paper"] is None:
+            out.pop("paper")
         return out
+
+    def with_protocol(self, protocol: str) -> "Preset":
+        """This preset with the training and evaluation of `protocol`: "short" (as written)
+        or "paper" (the paper section's overrides applied)."""
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        if protocol == "short":
+            return self
+        if self.paper is None:
+            raise ValueError(f"preset {self.name!r} has no paper section, so no paper protocol")
+        return dataclasses.replace(
+            self,
+            training=dataclasses.replace(self.training, **(self.paper.training or {})),
+            evaluation=dataclasses.replace(self.evaluation, **(self.paper.evaluation or {})))
 
     @property
     def summary(self) -> str:
@@ -96,6 +141,12 @@ def parse_preset(raw: Any, name: str) -> Preset:
     model = dict(model)
     cls = get_model_class(model.pop("class"))
     model = validate(cls, model, f"{where}, model {cls.registered_name!r}", fill_defaults=False)
+    paper = None
+    if top.get("paper") is not None:
+        paper = validate(PaperSection, top["paper"], f"{where}, paper section")
+        paper["training"] = validate(TrainingSection, paper["training"], f"{where}, paper.training", False)
+        paper["evaluation"] = validate(EvaluationSection, paper["evaluation"], f"{where}, paper.evaluation", False)
+        paper = PaperSection(**paper)
     return Preset(
         description=top.get("description", ""),
         model={"class": cls.registered_name, **model},
@@ -103,7 +154,7 @@ def parse_preset(raw: Any, name: str) -> Preset:
         training=TrainingSection(**validate(TrainingSection, top.get("training"), f"{where}, training section")),
         evaluation=EvaluationSection(**validate(EvaluationSection, top.get("evaluation"),
                                                 f"{where}, evaluation section")),
-        name=name)
+        paper=paper, name=name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +164,7 @@ class _TopLevel:
     data: dict | None = None
     training: dict | None = None
     evaluation: dict | None = None
+    paper: dict | None = None
 
 
 def _zoo_files() -> dict[str, Any]:
@@ -163,7 +215,13 @@ def build_model(model_config: Mapping, **overrides) -> keras.Model:
 def make_optimizer(training: TrainingSection) -> keras.optimizers.Optimizer:
     optimizers = {"adam": keras.optimizers.Adam, "adamax": keras.optimizers.Adamax,
                   "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}
-    return optimizers[training.optimizer](learning_rate=training.learning_rate, clipnorm=training.clipnorm)
+    options = {}
+    if training.adam_epsilon is not None:
+        if training.optimizer not in ("adam", "adamax"):
+            raise ConfigError(f"training: adam_epsilon applies to adam and adamax, not {training.optimizer!r}")
+        options["epsilon"] = training.adam_epsilon
+    return optimizers[training.optimizer](learning_rate=training.learning_rate, clipnorm=training.clipnorm,
+                                          **options)
 
 
 def compile_model(model, training: TrainingSection):

@@ -11,6 +11,30 @@ from tfvae.io import atomic_path
 from tfvae.training.images import save_image_grid
 
 
+BURDA_STAGES = 8
+
+
+def burda_learning_rate(epoch: int, base: float) -> float:
+    """The learning rate of Burda et al. (2016)'s schedule at a 0-based `epoch`: stage i
+    (i = 0..7) lasts 3^i epochs at base * 10^(-i/7); after the 3,280 epochs of the eight
+    stages the last rate is kept."""
+    stage, end = 0, 1
+    while epoch >= end and stage < BURDA_STAGES - 1:
+        stage += 1
+        end += 3 ** stage
+    return base * 10 ** (-stage / 7)
+
+
+def learning_rate_schedule(schedule: str, base: float):
+    """A Keras callback that sets the learning rate at each epoch's start, or None for a
+    constant rate."""
+    if schedule == "constant":
+        return None
+    if schedule == "burda":
+        return keras.callbacks.LearningRateScheduler(lambda epoch, _: burda_learning_rate(epoch, base))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; known: constant, burda")
+
+
 class KLWarmup(keras.callbacks.Callback):
     """Ramps the model's `kl_weight` linearly from 0 to 1 over the first `epochs` epochs
     (Bowman et al. 2016; Sønderby et al. 2016), updated before every training step:

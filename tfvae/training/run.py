@@ -28,16 +28,18 @@ from tfvae.inference.evaluate import evaluate
 from tfvae.io import atomic_write_text
 from tfvae.presets import (CONFIG_FILE, WEIGHTS_FILE, EvaluationSection, Preset, TrainingSection,
                            build_model, compile_model, from_preset, load_preset, load_weights)
-from tfvae.training.callbacks import Checkpoints, ImageGrid, KLWarmup
+from tfvae.training.callbacks import Checkpoints, ImageGrid, KLWarmup, learning_rate_schedule
 from tfvae.version import versions
 
 BEST_WEIGHTS_FILE = "best.weights.h5"
 
 
 def resolve_preset(preset: str | Preset, model: dict | None = None, training: dict | None = None,
-                   evaluation: dict | None = None) -> Preset:
-    """The preset with validated overrides of its model, training and evaluation sections."""
+                   evaluation: dict | None = None, protocol: str = "short") -> Preset:
+    """The preset under `protocol` ("short": its training section; "paper": its paper
+    section's overrides), with validated overrides of its model, training and evaluation."""
     preset = load_preset(preset) if not isinstance(preset, Preset) else preset
+    preset = preset.with_protocol(protocol)
     model_config = dict(preset.model)
     if model:
         cls = get_model_class(model_config["class"])
@@ -67,7 +69,8 @@ def load_eval_data(preset: Preset, data_dir=None, examples=None, batch_size=None
 
 def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir: str | None = None,
           model: dict | None = None, training: dict | None = None, evaluation: dict | None = None,
-          weights: str | None = None, evaluate_after: bool = True, verbose: int = 1) -> str:
+          weights: str | None = None, evaluate_after: bool = True, verbose: int = 1,
+          protocol: str = "short") -> str:
     """Trains a preset with Keras `fit` and writes a complete run directory; returns its path.
 
     Args:
@@ -77,8 +80,10 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
       model, training, evaluation: overrides of the preset's sections.
       weights: start from these weights (fine-tuning).
       evaluate_after: run `evaluate` on the evaluation split at the end.
+      protocol: "short" (the preset's CPU recipe) or "paper" (the published protocol of
+        its paper section; often days of training).
     """
-    preset = resolve_preset(preset, model, training, evaluation)
+    preset = resolve_preset(preset, model, training, evaluation, protocol)
     t = preset.training
     out = out or default_run_dir(preset.name)
     if os.path.exists(os.path.join(out, CONFIG_FILE)):
@@ -104,6 +109,12 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
                  ImageGrid(grid_x, os.path.join(out, "images"), grid_condition, every=t.image_every, seed=t.seed)]
     if t.kl_warmup_epochs:
         callbacks.insert(0, KLWarmup(t.kl_warmup_epochs))
+    schedule = learning_rate_schedule(t.schedule, t.learning_rate)
+    if schedule is not None:
+        callbacks.insert(0, schedule)
+    if t.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(patience=t.early_stopping_patience,
+                                                       restore_best_weights=True))
 
     start = time.perf_counter()
     history = vae.fit(train_data, epochs=t.epochs, validation_data=val_data, steps_per_epoch=t.steps_per_epoch,
@@ -115,7 +126,7 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
             f"training diverged (non-finite metrics {final}); {os.path.join(out, WEIGHTS_FILE)} holds the "
             f"weights of the last epoch that ended finite, if any. Try a lower learning_rate or clipnorm.")
 
-    metadata = {"preset": preset.name, "dataset": preset.data.name, "seed": t.seed, "epochs": len(history.epoch),
+    metadata = {"preset": preset.name, "protocol": protocol, "dataset": preset.data.name, "seed": t.seed, "epochs": len(history.epoch),
                 "train_seconds": train_seconds, "best_epoch": checkpoints.best_epoch,
                 "final_metrics": final, "versions": versions(),
                 "created": datetime.datetime.now().isoformat(timespec="seconds")}
