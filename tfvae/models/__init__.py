@@ -1,6 +1,11 @@
 """Model variants; importing this package registers every one of them."""
 from tfvae.models.base import BaseVAE
+from tfvae.models.hvae2 import HVAE2
+from tfvae.models.ladder import LadderVAE
 from tfvae.models.linear_gaussian import LinearGaussian
+from tfvae.models.mog_prior import MoGPriorVAE
+from tfvae.models.sa_vae import SAVAE
 from tfvae.models.vae import VAE
+from tfvae.models.vamp import VampVAE
 
-__all__ = ["BaseVAE", "LinearGaussian", "VAE"]
+__all__ = ["BaseVAE", "HVAE2", "LadderVAE", "LinearGaussian", "MoGPriorVAE", "SAVAE", "VAE", "VampVAE"]
