@@ -1,0 +1,261 @@
+"""What the two-stochastic-layer VAEs (`hvae2`, `ladder`) share.
+
+The generic tools of tfvae (importance sampling, per-example posterior optimisation,
+export) see z as one vector of size latent_dim. A model with latent layers z1 (bottom, size
+d1, the one the decoder reads) and z2 (top, size d2) therefore works on the concatenation
+
+    z = [z1, z2],   latent_dim = d1 + d2,
+
+and returns its prior p(z) = p(z2) p(z1|z2) and its posterior q(z|x) as distributions over
+that vector (`TwoLevelChain`): `sample` draws one block and then the other given it, and
+`log_prob` is the sum of the two factors' log-densities. Neither has a closed-form KL, so
+`analytic_kl` is None and `BaseVAE.kl_term` uses the Monte Carlo estimate
+mean_i [log q(z_i|x) - log p(z_i)]; `elbo_terms` and `log_weights` then give
+
+    log w = log p(x|z1) + log p(z1|z2) + log p(z2) - log q(z|x)
+
+(q(z|x) = q(z1|x) q(z2|z1) for hvae2, q(z2|x) q(z1|z2, x) for the ladder).
+"""
+from __future__ import annotations
+
+import json
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfvae.config import ConfigError
+from tfvae.distributions import DiagonalGaussianPosterior, standard_normal
+from tfvae.inputs import as_float_tensor, check_condition
+from tfvae.models.base import BaseVAE
+from tfvae.nets.mlp import check_activation, dense_stack
+
+tfd = tfp.distributions
+
+
+# --------------------------------------------------------------------- the joint over [z1, z2]
+class TwoLevelChain(tfd.Distribution):
+    """A distribution over z = [z1, z2] (event [d1 + d2]) that factorises as a chain:
+
+        r(z) = r(z_a) r(z_b | z_a),   (a, b) = (1, 2) if `first_is_z1` else (2, 1).
+
+    Args:
+      first: distribution over the block drawn first (event [d_a]); its batch shape is the
+        chain's batch shape.
+      then: callable z_a [..., d_a] -> distribution over z_b (event [d_b], batch shape the
+        leading dims of z_a, broadcast with `first`'s batch shape).
+      first_is_z1: whether the block drawn first is z1 (the first d1 entries of z).
+      sizes: (d1, d2).
+
+    Sampling is ancestral (z_a ~ r(z_a), then z_b ~ r(z_b|z_a), from two seeds split off
+    the given one) and reparameterised when both factors are. Mean and variance have no
+    closed form (they raise NotImplementedError; `tfvae.distributions.moments` estimates them).
+    """
+
+    def __init__(self, first, then, first_is_z1: bool, sizes, name: str = "TwoLevelChain"):
+        parameters = dict(locals())
+        self._first, self._then = first, then
+        self._first_is_z1 = bool(first_is_z1)
+        self._sizes = tuple(int(s) for s in sizes)
+        reparameterized = first.reparameterization_type == tfd.FULLY_REPARAMETERIZED
+        super().__init__(
+            dtype=first.dtype,
+            reparameterization_type=tfd.FULLY_REPARAMETERIZED if reparameterized else tfd.NOT_REPARAMETERIZED,
+            validate_args=False, allow_nan_stats=True, parameters=parameters, name=name)
+
+    @property
+    def first(self):
+        """The distribution of the block drawn first."""
+        return self._first
+
+    def conditional(self, z_first):
+        """The distribution of the other block given the first one."""
+        return self._then(z_first)
+
+    def split(self, z):
+        """(z_first, z_second): the blocks of z in drawing order."""
+        z1, z2 = tf.split(z, list(self._sizes), axis=-1)
+        return (z1, z2) if self._first_is_z1 else (z2, z1)
+
+    def _join(self, z_first, z_second):
+        return tf.concat([z_first, z_second] if self._first_is_z1 else [z_second, z_first], axis=-1)
+
+    def _batch_shape(self):
+        return self._first.batch_shape
+
+    def _batch_shape_tensor(self):
+        return self._first.batch_shape_tensor()
+
+    def _event_shape(self):
+        return tf.TensorShape([sum(self._sizes)])
+
+    def _event_shape_tensor(self):
+        return tf.constant([sum(self._sizes)], tf.int32)
+
+    def _sample_n(self, n, seed=None):
+        first_seed, second_seed = tfp.random.split_seed(seed, n=2, salt="TwoLevelChain")
+        z_first = self._first.sample(n, seed=first_seed)
+        z_second = self._then(z_first).sample(seed=second_seed)
+        return self._join(z_first, z_second)
+
+    def _log_prob(self, z):
+        z_first, z_second = self.split(z)
+        return self._first.log_prob(z_first) + self._then(z_first).log_prob(z_second)
+
+
+# --------------------------------------------------------------------- conditional Gaussian nets
+class GaussianMLP(keras.layers.Layer):
+    """v -> N(mu(v), diag(sigma(v)^2)) over `output_dim` values: `hidden` Dense layers with
+    `activation`, then a linear layer to (mu, raw sigma), sigma = softplus(raw) + eps (the
+    `DiagonalGaussianPosterior` parameterisation). Any leading dims of v are kept."""
+
+    def __init__(self, input_dim: int, output_dim: int, hidden, activation: str, **kwargs):
+        super().__init__(**kwargs)
+        self.input_dim, self.output_dim = int(input_dim), int(output_dim)
+        self.hidden = dense_stack(hidden, activation, "hidden")
+        self.out = keras.layers.Dense(DiagonalGaussianPosterior.num_params(self.output_dim), name="params")
+
+    def build(self, input_shape=None):
+        width = self.input_dim
+        for layer in self.hidden + [self.out]:
+            layer.build((None, width))
+            width = layer.units
+        self.built = True
+
+    def call(self, v):
+        """The raw parameters [..., 2 * output_dim] for v [..., input_dim]."""
+        leading = tf.shape(v)[:-1]
+        h = tf.reshape(v, [-1, self.input_dim])
+        for layer in self.hidden:
+            h = layer(h)
+        return tf.reshape(self.out(h), tf.concat([leading, [2 * self.output_dim]], axis=0))
+
+    def distribution(self, v) -> tfd.Distribution:
+        return DiagonalGaussianPosterior.distribution(self(v))
+
+
+# --------------------------------------------------------------------- the shared model class
+def resolve_latent_dims(latent_dims, latent_dim, depths, where: str):
+    """(d1, ..., dL) and their sum, after checking the number of layers (`depths`, allowed
+    values of L) and that `latent_dim`, when given, equals the sum."""
+    dims = tuple(latent_dims)
+    if len(dims) not in depths:
+        allowed = " or ".join(str(d) for d in depths)
+        raise ConfigError(f"{where}: latent_dims must list {allowed} layer sizes (bottom z1 first), got {list(dims)}")
+    total = sum(dims)
+    if latent_dim is not None and latent_dim != total:
+        raise ConfigError(f"{where}: latent_dim is the size of z = [z1, z2], the sum of latent_dims "
+                          f"{list(dims)} = {total}; got latent_dim={latent_dim} (leave it out)")
+    return dims, total
+
+
+class BoundPosteriorFamily:
+    """A posterior family whose distribution depends on the model's networks as well as on
+    the per-example parameters: `distribution(params)` = `model.posterior_from_params(params)`.
+    What `refine_posterior` and `gap_report` use to rebuild q(z|x) from refined parameters."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def num_params(self, latent_dim=None) -> int:
+        return self.model.posterior_param_count()
+
+    def distribution(self, params) -> tfd.Distribution:
+        return self.model.posterior_from_params(params)
+
+
+class TwoLayerVAE(BaseVAE):
+    """Base of the VAEs with latent layers z1 (read by the decoder) and z2 above it:
+
+        p(x, z1, z2) = p(x|z1) p(z1|z2) p(z2),   p(z2) = N(0, I),
+        p(z1|z2) = N(mu_p(z2), diag(s_p(z2)^2))  (`self.top_down`, built by the subclass)
+
+    over z = [z1, z2]. Subclasses store their arguments with `_set_hierarchy_config` before
+    `super().__init__`, set the encoder body's width (`encoder_output_units`), create their
+    extra networks in `make_extra_layers`, and define `posterior_param_count`
+    and `posterior_from_params` (q(z|x) from the per-example parameters that
+    `posterior_params` returns). With a single layer (latent_dims = [d], where a subclass
+    allows it) the model is the plain VAE: z = z1, p(z1) = N(0, I).
+    """
+
+    def _set_hierarchy_config(self, dims, **extra):
+        """Stores the layer sizes and the subclass's own arguments (JSON-safe) before
+        BaseVAE.__init__, whose network-size hooks and `build` read them."""
+        self.latent_dims = tuple(int(d) for d in dims)
+        self._hierarchy_config_json = json.dumps(dict(latent_dims=list(self.latent_dims), **extra))
+
+    @property
+    def hierarchical(self) -> bool:
+        return len(self.latent_dims) > 1
+
+    def decoder_input_dim(self) -> int:
+        return self.latent_dims[0]
+
+    def make_extra_layers(self):
+        """Creates and builds the networks a subclass adds to BaseVAE's, from its
+        `_hierarchy_config()`. Called once, from `build` (which BaseVAE.__init__ calls):
+        Keras accepts new sub-layers in `build`, not after it."""
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        if not getattr(self, "_extra_layers_made", False):
+            self.make_extra_layers()
+            self._extra_layers_made = True
+
+    def _hierarchy_config(self) -> dict:
+        return json.loads(self._hierarchy_config_json)
+
+    def get_config(self):
+        return {**super().get_config(), **self._hierarchy_config()}
+
+    # -------------------------------------------------------------- distributions
+    @property
+    def posterior_family(self):
+        if not self.hierarchical:
+            return DiagonalGaussianPosterior
+        return BoundPosteriorFamily(self)
+
+    def posterior_param_count(self) -> int:
+        raise NotImplementedError
+
+    def posterior_from_params(self, params) -> tfd.Distribution:
+        raise NotImplementedError
+
+    def prior(self) -> tfd.Distribution:
+        """p(z) = p(z2) p(z1|z2) over z = [z1, z2]; N(0, I) for a single layer."""
+        if not self.hierarchical:
+            return super().prior()
+        return TwoLevelChain(standard_normal(self.latent_dims[1]), self.top_down.distribution,
+                             first_is_z1=False, sizes=self.latent_dims, name="prior")
+
+    def analytic_kl(self, q):
+        """None for two layers (no closed form: `kl_term` uses Monte Carlo); the Gaussian
+        closed form of `BaseVAE` for a single layer."""
+        if self.hierarchical:
+            return None
+        return super().analytic_kl(q)
+
+    def decode(self, z, condition=None, training=False) -> tfd.Distribution:
+        """p(x|z1) for z = [z1, z2] of shape [..., latent_dim]: reads the first d1 entries."""
+        z = as_float_tensor(z, "z")
+        if z.shape.rank is None or z.shape.rank < 1 or z.shape[-1] not in (None, self.latent_dim):
+            raise ValueError(f"z must have shape (..., {self.latent_dim}) (z = [z1, z2] with sizes "
+                             f"{list(self.latent_dims)}), got {tuple(z.shape)}")
+        z1 = z[..., :self.latent_dims[0]]
+        leading = tf.shape(z1)[:-1]
+        flat_condition = None
+        if self.condition_dim:
+            condition = check_condition(condition, self.condition_dim)
+            full = tf.concat([leading, [self.condition_dim]], axis=0)
+            flat_condition = tf.reshape(tf.broadcast_to(condition, full), [-1, self.condition_dim])
+        elif condition is not None:
+            check_condition(condition, 0)
+        params = self.decoder_net(tf.reshape(z1, [-1, self.latent_dims[0]]), flat_condition, training=training)
+        params = tf.reshape(params, tf.concat([leading, self.data_shape, [self.likelihood.params_per_dim]], axis=0))
+        return self.likelihood.distribution(params)
+
+
+def activation_fn(name: str):
+    """The Keras activation function called `name` (ValueError naming valid ones otherwise)."""
+    return keras.activations.get(check_activation(name))
+
