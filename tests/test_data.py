@@ -577,3 +577,96 @@ def test_shapes_dataset(tmp_path):
     x, y = next(iter(data.load("shapes", "train", labels=True, seed=1)))
     assert x.shape == (100, 28, 28, 1) and y.shape == (100, 3)
     assert data.load_arrays("shapes", "train")[0].tobytes() == train_x.tobytes()
+
+
+# ---------------------------------------------------------------- sliced splits
+
+
+def _mnist_or_skip() -> Path:
+    path = SHARED / "mnist"
+    if not (path / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"the MNIST t10k files are not in {path} (set TFVAE_SHARED_DATA)")
+    return path
+
+
+def test_slices_of_the_shapes_split_partition_it():
+    whole_x, whole_y = data.load_arrays("shapes", "test")
+    head_x, head_y = data.load_arrays("shapes", "test[:1500]")
+    tail_x, tail_y = data.load_arrays("shapes", "test[1500:]")
+    assert (len(head_x), len(tail_x)) == (1500, 500) and (len(head_y), len(tail_y)) == (1500, 500)
+    # Rows 0..1499 and 1500..1999 in file order: disjoint and together the whole split, images
+    # and labels aligned. (Shapes has repeated images, so this is checked by position.)
+    np.testing.assert_array_equal(np.concatenate([head_x, tail_x]), whole_x)
+    np.testing.assert_array_equal(np.concatenate([head_y, tail_y]), whole_y)
+    # Negative and open bounds mean what they mean in Python; whitespace is tolerated.
+    for text, expected in (("test[-300:]", slice(-300, None)), ("test[100:-100]", slice(100, -100)),
+                           ("test[ : 7 ]", slice(None, 7)), ("test[:]", slice(None)),
+                           ("test[-2000:2000]", slice(-2000, 2000))):
+        x, y = data.load_arrays("shapes", text)
+        np.testing.assert_array_equal(x, whole_x[expected], err_msg=text)
+        np.testing.assert_array_equal(y, whole_y[expected], err_msg=text)
+
+
+def test_sliced_pipelines_keep_file_order_and_train_on_the_chosen_split():
+    whole_x, whole_y = data.load_arrays("shapes", "test")
+    head, tail = data.load("shapes", ("test[:1500]", "test[1500:]"), labels=True, batch_size=1000)
+    head_x = np.concatenate([x.numpy() for x, _ in head])
+    tail_y = np.concatenate([y.numpy() for _, y in tail])
+    # Not the training split: unshuffled, in file order.
+    np.testing.assert_array_equal(head_x, whole_x[:1500])
+    np.testing.assert_array_equal(tail_y.argmax(1), whole_y[1500:])
+    # Named as the training split: shuffled each epoch, the same 1500 examples.
+    train, test = data.load("shapes", ("test[:1500]", "test[1500:]"), batch_size=1500,
+                            train_split="test[:1500]")
+    first, second = next(iter(train)).numpy(), next(iter(train)).numpy()
+    assert sorted(r.tobytes() for r in first) == sorted(r.tobytes() for r in whole_x[:1500])
+    assert not np.array_equal(first, whole_x[:1500]) and not np.array_equal(first, second)
+    np.testing.assert_array_equal(next(iter(test)).numpy(), whole_x[1500:])
+    # A slice of "train" is training data by default.
+    sliced_train = next(iter(data.load("shapes", "train[:300]", batch_size=300))).numpy()
+    train_x = data.load_arrays("shapes", "train")[0][:300]
+    assert not np.array_equal(sliced_train, train_x)
+    assert sorted(r.tobytes() for r in sliced_train) == sorted(r.tobytes() for r in train_x)
+    with pytest.raises(ValueError, match="train_split must be one of the requested splits"):
+        data.load("shapes", ("test[:1500]", "test[1500:]"), train_split="test")
+
+
+def test_slices_of_the_mnist_test_files():
+    mnist = _mnist_or_skip()
+    whole_x, whole_y = data.load_arrays("mnist", "test", data_dir=mnist)
+    head_x, head_y = data.load_arrays("mnist", "test[:8000]", data_dir=mnist)
+    tail_x, tail_y = data.load_arrays("mnist", "test[8000:]", data_dir=mnist)
+    assert (len(head_x), len(tail_x)) == (8000, 2000)
+    np.testing.assert_array_equal(np.concatenate([head_x, tail_x]), whole_x)
+    np.testing.assert_array_equal(np.concatenate([head_y, tail_y]), whole_y)
+    head_rows = set(_row_index((head_x * 255).round().reshape(8000, -1)))
+    assert not head_rows & set(_row_index((tail_x * 255).round().reshape(2000, -1)))
+    # The cvae preset's recipe: train on the first 8000 with dynamic binarization and
+    # labels, evaluate on one fixed draw of the last 2000.
+    train, test = data.load("mnist", ("test[:8000]", "test[8000:]"), data_dir=mnist, labels=True,
+                            batch_size=8000, train_split="test[:8000]", seed=2)
+    (x1, y1), (x2, _) = next(iter(train)), next(iter(train))
+    assert x1.shape == (8000, 28, 28, 1) and y1.shape == (8000, 10)
+    assert set(np.unique(x1.numpy())) == {0.0, 1.0} and not np.array_equal(x1, x2)
+    assert abs(float(np.mean(x1)) - float(head_x.mean())) < 0.003
+    (e1, ey), (e2, _) = next(iter(test)), next(iter(test))
+    np.testing.assert_array_equal(e1, e2)
+    np.testing.assert_array_equal(ey.numpy().argmax(1), tail_y)
+
+
+@pytest.mark.parametrize("split, message", [
+    ("tset", r"no split 'tset'; expected one of train, test, optionally sliced"),
+    ("valid[:10]", r"no split 'valid' \(in 'valid\[:10\]'\); expected one of train, test"),
+    ("test[a:b]", r"cannot read the slice .*expected one of train, test"),
+    ("test[::2]", "no step"),
+    ("test[5]", "cannot read the slice"),
+    ("test[5:5]", "selects no examples of the 2000"),
+    ("test[1500:100]", "selects no examples"),
+    ("test[:2001]", r"bound 2001 is out of range .* \(allowed -2000..2000\)"),
+    ("test[-2001:]", "bound -2001 is out of range"),
+])
+def test_bad_slices_say_what_is_valid(split, message):
+    with pytest.raises(DataError, match=message):
+        data.load_arrays("shapes", split)
+    with pytest.raises(DataError, match=message):
+        data.load("shapes", ("train", split))

@@ -7,21 +7,24 @@ import numpy as np
 from .errors import DataError
 from .files import resolve_files
 from .registry import get_spec
+from .splits import SplitSpec, parse_split
 
 
 def load_arrays(name: str, split: str, data_dir=None, download: bool = True,
                 verify: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Read one split: images float32 ``[N, H, W, C]`` in [0, 1], labels int64 ``[N]`` or None.
 
+    ``split`` is a split name, or a slice of one in file order: ``"test[:8000]"``,
+    ``"test[8000:]"``, ``"train[-10000:]"`` (see `tfvae.data.splits`).
     Files come from ``data_dir`` if given, else the cache, else a download
     (when ``download``); ``verify`` also checksums local files.
     """
     spec = get_spec(name)
     meta = spec.info
-    check_split(meta, split)
-    paths = resolve_files(meta.name, meta.files[split], spec.urls, spec.checksums,
+    parsed = check_split(meta, split)
+    paths = resolve_files(meta.name, meta.files[parsed.base], spec.urls, spec.checksums,
                           data_dir=data_dir, download=download, verify=verify)
-    images, labels = spec.read(split, paths)
+    images, labels = spec.read(parsed.base, paths)
     origin = ", ".join(map(str, paths)) or "generator"
     if images.shape[1:] != meta.shape:
         raise DataError(f"{origin}: expected images of shape {meta.shape}, found "
@@ -30,11 +33,14 @@ def load_arrays(name: str, split: str, data_dir=None, download: bool = True,
                                                or labels.max() >= meta.num_classes):
         raise DataError(f"{origin}: expected labels in 0..{meta.num_classes - 1}, found "
                         f"values from {labels.min()} to {labels.max()}")
+    if parsed.sliced:
+        selected = parsed.indices(len(images))
+        images = images[selected]
+        labels = None if labels is None else labels[selected]
     return images, labels
 
 
-def check_split(meta, split) -> None:
-    """Raise DataError unless ``split`` is one of the data set's splits."""
-    if split not in meta.splits:
-        raise DataError(f"dataset {meta.name!r} has no split {split!r}; expected one "
-                        f"of {', '.join(meta.splits)}")
+def check_split(meta, split) -> SplitSpec:
+    """The parsed ``split`` (a split of the data set, optionally sliced); DataError
+    listing the valid splits otherwise."""
+    return parse_split(meta, split)

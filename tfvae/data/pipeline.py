@@ -17,18 +17,25 @@ BINARIZE_MODES = (None, "static", "dynamic", "none")
 def load(name: str, split="train", data_dir=None, batch_size: int = 100,
          binarize: str | None = None, shuffle: bool | None = None, seed: int = 0,
          labels: bool = False, max_examples: int | None = None, download: bool = True,
-         drop_remainder: bool = False, verify: bool = False):
+         drop_remainder: bool = False, verify: bool = False, train_split: str | None = None):
     """Batched ``tf.data.Dataset`` of a split, or a tuple of them for a tuple of splits.
 
     Elements are images ``float32 [B, H, W, C]``, or ``(images, one_hot)`` with
     ``one_hot`` float32 ``[B, num_classes]`` when ``labels``.
 
-    - ``shuffle``: None shuffles the "train" split only; the buffer holds the
+    - ``split``: a split name or a slice of one in file order, taken before any
+      shuffling or subsampling: ``"test[:8000]"``, ``"test[8000:]"`` (negative
+      and open bounds as in Python).
+    - ``train_split``: which of the requested splits is training data (shuffled
+      when ``shuffle`` is None; binarized afresh per batch under "dynamic"); if
+      it is requested twice, the first one. None: the splits named "train",
+      sliced or not. Pass e.g. "test[:8000]" to train on a slice of another split.
+    - ``shuffle``: None shuffles the training split only; the buffer holds the
       whole split, reshuffled every epoch, seeded by ``seed``.
     - ``max_examples``: keep a random subset (seeded by ``seed``) of that size.
     - ``binarize``: None uses the data set's default; "none" keeps the values;
       "static" draws Bernoulli(pixel) once per split; "dynamic" draws afresh for
-      every train batch and epoch (reproducible from ``seed``) and once, fixed,
+      every training batch and epoch (reproducible from ``seed``) and once, fixed,
       for other splits. Binary data sets are never binarized.
     """
     _check_arguments(batch_size, binarize, shuffle, seed, labels, max_examples)
@@ -39,28 +46,34 @@ def load(name: str, split="train", data_dir=None, batch_size: int = 100,
             isinstance(s, str) for s in splits):
         raise ValueError(f"split must be a split name or a non-empty tuple of them, "
                          f"got {split!r}")
-    for s in splits:
-        check_split(meta, s)
+    parsed = [check_split(meta, s) for s in splits]
+    if train_split is not None:
+        if not isinstance(train_split, str) or train_split not in splits:
+            raise ValueError(f"train_split must be one of the requested splits "
+                             f"{', '.join(map(repr, splits))}, got {train_split!r}")
+        first = list(splits).index(train_split)   # the same split twice: the first is the training one
+        is_train = [i == first for i in range(len(splits))]
+    else:
+        is_train = [p.base == "train" for p in parsed]
     if labels and not meta.num_classes:
         raise DataError(f"dataset {meta.name!r} has no labels; use labels=False")
     mode = meta.default_binarize if binarize is None else binarize
     if mode == "none" or meta.binary:
         mode = None
     datasets = tuple(
-        _pipeline(meta, s, load_arrays(name, s, data_dir, download, verify), mode,
+        _pipeline(meta, train, load_arrays(name, s, data_dir, download, verify), mode,
                   batch_size, shuffle, seed, labels, max_examples, drop_remainder)
-        for s in splits)
+        for s, train in zip(splits, is_train))
     return datasets[0] if isinstance(split, str) else datasets
 
 
-def _pipeline(meta, split, arrays, mode, batch_size, shuffle, seed, labels,
+def _pipeline(meta, is_train, arrays, mode, batch_size, shuffle, seed, labels,
               max_examples, drop_remainder) -> tf.data.Dataset:
     images, y = arrays
     if max_examples is not None and max_examples < len(images):
         keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:max_examples])
         images = images[keep]
         y = None if y is None else y[keep]
-    is_train = split == "train"
     dynamic = mode == "dynamic" and is_train
     if mode == "static" or (mode == "dynamic" and not is_train):
         images = bernoulli(images, seed)
