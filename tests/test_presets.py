@@ -22,7 +22,9 @@ def test_every_preset_builds_for_its_data_set(name):
     model = tfvae.from_preset(name)
     assert model.data_shape == info.shape
     x = np.zeros((2, *info.shape), "float32")
-    assert model.reconstruct(x).shape == (2, *info.shape)
+    condition = np.eye(model.condition_dim, dtype="float32")[:2] if model.condition_dim else None
+    assert model.condition_dim == (info.num_classes if preset.data.labels else 0)
+    assert model.reconstruct(x, condition).shape == (2, *info.shape)
     assert model.optimizer is not None                  # compiled: ready for fit
 
 
@@ -134,6 +136,12 @@ def test_bad_paper_sections_are_rejected(tmp_path):
     path.write_text("model: {class: vae}\npaper: {source: x, training: {epoch: 3}}\n")
     with pytest.raises(ConfigError, match="paper.training: unknown key 'epoch'. Did you mean 'epochs'"):
         tfvae.load_preset(str(path))
+    path.write_text("model: {class: vae}\npaper: {source: x, model: {latent_dims: 3}}\n")
+    with pytest.raises(ConfigError, match="paper.model: unknown key 'latent_dims'. Did you mean 'latent_dim'"):
+        tfvae.load_preset(str(path))
+    path.write_text("model: {class: vae, latent_dim: 4}\npaper: {source: x, model: {latent_dim: 7}}\n")
+    preset = tfvae.load_preset(str(path))
+    assert preset.with_protocol("paper").model["latent_dim"] == 7 and preset.model["latent_dim"] == 4
     path.write_text("model: {class: vae}\ntraining: {optimizer: sgd, adam_epsilon: 1.0e-4}\n")
     with pytest.raises(ConfigError, match="adam_epsilon applies to adam and adamax"):
         tfvae.from_preset(str(path))

@@ -84,10 +84,12 @@ class EvaluationSection:
 class PaperSection:
     """The published protocol of a preset: where its number comes from (source), the
     published test NLL in nats (None if the paper gives none for this setting), and the
-    overrides of the training and evaluation sections that reproduce its protocol."""
+    overrides of the model, training and evaluation sections that reproduce its protocol
+    (e.g. more refinement steps or pseudo-inputs than the short CPU recipe affords)."""
 
     source: str
     test_nll: float | None = None
+    model: dict | None = None
     training: dict | None = None
     evaluation: dict | None = None
 
@@ -122,7 +124,7 @@ class Preset:
         if self.paper is None:
             raise ValueError(f"preset {self.name!r} has no paper section, so no paper protocol")
         return dataclasses.replace(
-            self,
+            self, model={**self.model, **(self.paper.model or {})},
             training=dataclasses.replace(self.training, **(self.paper.training or {})),
             evaluation=dataclasses.replace(self.evaluation, **(self.paper.evaluation or {})))
 
@@ -144,6 +146,7 @@ def parse_preset(raw: Any, name: str) -> Preset:
     paper = None
     if top.get("paper") is not None:
         paper = validate(PaperSection, top["paper"], f"{where}, paper section")
+        paper["model"] = validate(cls, paper["model"], f"{where}, paper.model", False)
         paper["training"] = validate(TrainingSection, paper["training"], f"{where}, paper.training", False)
         paper["evaluation"] = validate(EvaluationSection, paper["evaluation"], f"{where}, paper.evaluation", False)
         paper = PaperSection(**paper)

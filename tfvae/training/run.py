@@ -93,7 +93,8 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
     # Data and model first: a bad data dir or config must not leave a half-made run directory.
     train_data, val_data = datasets.load(
         preset.data.name, split=(preset.data.train_split, preset.data.eval_split), data_dir=data_dir,
-        batch_size=t.batch_size, binarize=preset.data.binarize, seed=t.seed, labels=preset.data.labels)
+        batch_size=t.batch_size, binarize=preset.data.binarize, seed=t.seed, labels=preset.data.labels,
+        train_split=preset.data.train_split)
     vae = build_model(preset.model)
     if weights is not None:
         load_weights(vae, weights)
