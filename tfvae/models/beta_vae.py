@@ -1,0 +1,77 @@
+"""beta-VAE (Higgins et al. 2017) and its capacity-annealed form (Burgess et al. 2018).
+
+Two losses, both on the ELBO's terms (log p(x|z) from one reparameterised z ~ q(z|x), KL
+in closed form), averaged over the batch:
+
+    beta form:      -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z))               beta >= 0
+    capacity form:  -E_q[log p(x|z)] + gamma * | KL(q(z|x) || p(z)) - C |
+
+In the capacity form C grows linearly from 0 nats to `capacity` over `capacity_steps`
+optimizer steps, C = capacity * min(1, step / capacity_steps), with `step` the optimizer's
+iteration count at the start of the step; |KL - C| is taken on the batch-mean KL, as in
+Burgess et al.'s annealed objective. beta = 1 (beta form) is the VAE. `kl_weight` (the KL
+warm-up callback's ramp, 1 otherwise) multiplies the KL penalty of either form.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import tensorflow as tf
+
+from tfvae.config import NonNegativeFloat, NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.models.base import BaseVAE
+from tfvae.registry import register
+
+
+@register("beta_vae")
+class BetaVAE(BaseVAE):
+    """beta-VAE: the ELBO with the KL weighted by beta, or held near an annealed capacity C.
+
+    Args:
+      beta: weight of the KL in the beta form (ignored when `capacity` is set).
+      capacity: None for the beta form; else the final capacity C_max in nats of the
+        capacity form.
+      capacity_steps: optimizer steps over which C rises from 0 to `capacity`.
+      gamma: weight of |KL - C| in the capacity form.
+      Other args as `BaseVAE`.
+
+    Outside `fit` (no compiled optimizer) the capacity annealing counts as finished: C = capacity.
+    """
+
+    def __init__(self, beta: NonNegativeFloat = 4.0, capacity: NonNegativeFloat | None = None,
+                 capacity_steps: PositiveInt = 100_000, gamma: NonNegativeFloat = 1000.0,
+                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
+                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
+                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
+                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0, name: str | None = None):
+        args = validate(BetaVAE, dict(beta=beta, capacity=capacity, capacity_steps=capacity_steps, gamma=gamma),
+                        "model 'beta_vae'", fill_defaults=False)
+        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
+                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
+        self.beta, self.capacity = args["beta"], args["capacity"]
+        self.capacity_steps, self.gamma = args["capacity_steps"], args["gamma"]
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta, "capacity": self.capacity,
+                "capacity_steps": self.capacity_steps, "gamma": self.gamma}
+
+    def current_capacity(self):
+        """C in nats at the current optimizer step (a float32 scalar tensor)."""
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None:
+            return tf.constant(self.capacity, tf.float32)
+        step = tf.cast(optimizer.iterations, tf.float32)
+        return self.capacity * tf.minimum(1.0, step / float(self.capacity_steps))
+
+    def objective_and_terms(self, x, condition=None, training=False, seed=None):
+        """(scalar loss, per-example ELBO terms from one z ~ q per example)."""
+        terms = self.elbo_terms(x, 1, condition, seed=seed, training=training)
+        weight = tf.cast(self.kl_weight, tf.float32)
+        if self.capacity is None:
+            return -tf.reduce_mean(terms["log_px_z"] - (weight * self.beta) * terms["kl"]), terms
+        deviation = tf.abs(tf.reduce_mean(terms["kl"]) - self.current_capacity())
+        return -tf.reduce_mean(terms["log_px_z"]) + weight * self.gamma * deviation, terms
+
+
+__all__ = ["BetaVAE"]

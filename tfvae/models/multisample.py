@@ -1,0 +1,130 @@
+"""MIWAE, PIWAE and CIWAE (Rainforth, Kosiorek, Le, Maddison, Igl, Wood & Teh 2018,
+"Tighter variational bounds are not necessarily better").
+
+Tighter bounds help the generative network but hurt the inference network: the
+signal-to-noise ratio of the encoder's IWAE_K gradient decays like 1/sqrt(K). Each variant
+spends its samples differently. With log-weights log w = log p(x, z) - log q(z|x), z ~ q:
+
+    IWAE_K       = log (1/K) sum_k w_k
+    MIWAE_{M,K}  = (1/M) sum_m log (1/K) sum_k w_{m,k}     M independent IWAE_K bounds, averaged
+    CIWAE_beta   = beta * ELBO + (1 - beta) * IWAE_K       a convex combination, same K samples
+    PIWAE_{M,K}:   the generative network follows grad_theta IWAE_{MK} and the inference
+                   network grad_phi MIWAE_{M,K}, both from the same M*K samples
+
+Limits: MIWAE_{1,K} = PIWAE_{1,K} = IWAE_K, MIWAE_{M,1} = the ELBO averaged over M samples,
+CIWAE_1 = ELBO and CIWAE_0 = IWAE_K. The M*K samples are drawn as one batch
+z = q.sample(M*K, seed) (index m*K + k), so with the same seed these limits hold exactly.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+import tensorflow as tf
+
+from tfvae.config import UNIT_INTERVAL, NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.models.iwae import GENERATIVE, INFERENCE, MultiSampleVAE, log_mean_exp
+from tfvae.registry import register
+
+UnitFloat = Annotated[float, UNIT_INTERVAL]
+
+
+@register("miwae")
+class MIWAE(MultiSampleVAE):
+    """Multiply importance weighted autoencoder: maximises MIWAE_{M,K}, the mean of M
+    independent IWAE_K bounds per example (M*K samples in all).
+
+    Args:
+      m: M, the number of independent IWAE_K bounds averaged.
+      k: K, the importance samples inside each bound.
+      Other args as `BaseVAE`.
+    """
+
+    def __init__(self, m: PositiveInt = 8, k: PositiveInt = 8,
+                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
+                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
+                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
+                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0, name: str | None = None):
+        args = validate(MIWAE, dict(m=m, k=k), f"model {type(self).registered_name!r}", fill_defaults=False)
+        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
+                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
+        self.m, self.k = args["m"], args["k"]
+
+    def get_config(self):
+        return {**super().get_config(), "m": self.m, "k": self.k}
+
+    def grouped_log_weights(self, x, condition, training, seed):
+        """(log-weights [M, K, B], ELBO terms) from M*K samples drawn with one seed."""
+        draws = self.draw_weights(x, self.m * self.k, condition, seed, training)
+        return tf.reshape(draws["log_w"], [self.m, self.k, -1]), draws["terms"]
+
+    @staticmethod
+    def miwae_bound(log_w):
+        """MIWAE_{M,K} per example from log-weights [M, K, B]: mean over M of IWAE_K."""
+        return tf.reduce_mean(log_mean_exp(log_w, axis=1), axis=0)
+
+    def group_objectives(self, x, condition=None, training=False, seed=None):
+        """loss = -mean_B MIWAE_{M,K}, the surrogate of both groups."""
+        log_w, terms = self.grouped_log_weights(x, condition, training, seed)
+        loss = -tf.reduce_mean(self.miwae_bound(log_w))
+        return loss, {INFERENCE: loss, GENERATIVE: loss}, terms
+
+
+@register("piwae")
+class PIWAE(MIWAE):
+    """Partially importance weighted autoencoder: the generative network (decoder, likelihood
+    parameters) is trained on IWAE_{M*K} and the inference network (encoder) on MIWAE_{M,K},
+    from the same M*K samples. The reported loss is -IWAE_{M*K}, the bound the generative
+    model is fitted to; `objective_and_terms`'s own gradient is that of IWAE_{M*K} for every
+    variable, `train_step` uses the split. Args as `MIWAE`.
+    """
+
+    def group_objectives(self, x, condition=None, training=False, seed=None):
+        log_w, terms = self.grouped_log_weights(x, condition, training, seed)
+        generative = -tf.reduce_mean(log_mean_exp(tf.reshape(log_w, [self.m * self.k, -1]), axis=0))
+        inference = -tf.reduce_mean(self.miwae_bound(log_w))
+        return generative, {INFERENCE: inference, GENERATIVE: generative}, terms
+
+
+@register("ciwae")
+class CIWAE(MultiSampleVAE):
+    """Combination importance weighted autoencoder: maximises
+    beta * ELBO + (1 - beta) * IWAE_K from the same K samples.
+
+    The ELBO term is mean_k log p(x|z_k) - KL(q || p), the KL analytic when available (as in
+    the VAE; an unbiased, lower-variance estimate of the same ELBO as the paper's
+    mean_k log w_k, which is what kl="monte_carlo" gives), so beta = 1 is the VAE's loss
+    (exactly so at K = 1) and beta = 0 is IWAE_K.
+
+    Args:
+      k: K, importance samples per example.
+      beta: weight of the ELBO, in [0, 1].
+      Other args as `BaseVAE`.
+    """
+
+    def __init__(self, k: PositiveInt = 64, beta: UnitFloat = 0.5,
+                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
+                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
+                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
+                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0, name: str | None = None):
+        args = validate(CIWAE, dict(k=k, beta=beta), f"model {type(self).registered_name!r}", fill_defaults=False)
+        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
+                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
+        self.k, self.beta = args["k"], args["beta"]
+
+    def get_config(self):
+        return {**super().get_config(), "k": self.k, "beta": self.beta}
+
+    def group_objectives(self, x, condition=None, training=False, seed=None):
+        """loss = -(beta * mean_B ELBO + (1 - beta) * mean_B IWAE_K), with the KL of the ELBO
+        weighted by kl_weight as in the VAE; the surrogate of both groups."""
+        draws = self.draw_weights(x, self.k, condition, seed, training)
+        terms = draws["terms"]
+        weight = tf.cast(self.kl_weight, terms["kl"].dtype)
+        elbo = tf.reduce_mean(terms["log_px_z"] - weight * terms["kl"])
+        iwae = tf.reduce_mean(log_mean_exp(draws["log_w"]))
+        loss = -(self.beta * elbo + (1.0 - self.beta) * iwae)
+        return loss, {INFERENCE: loss, GENERATIVE: loss}, terms
+
+
+__all__ = ["CIWAE", "MIWAE", "PIWAE"]
