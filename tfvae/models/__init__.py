@@ -1,11 +1,16 @@
 """Model variants; importing this package registers every one of them."""
 from tfvae.models.base import BaseVAE
+from tfvae.models.beta_vae import BetaVAE
 from tfvae.models.hvae2 import HVAE2
+from tfvae.models.iaf import IAF
+from tfvae.models.iwae import IWAE
 from tfvae.models.ladder import LadderVAE
 from tfvae.models.linear_gaussian import LinearGaussian
 from tfvae.models.mog_prior import MoGPriorVAE
+from tfvae.models.multisample import CIWAE, MIWAE, PIWAE
 from tfvae.models.sa_vae import SAVAE
 from tfvae.models.vae import VAE
 from tfvae.models.vamp import VampVAE
 
-__all__ = ["BaseVAE", "HVAE2", "LadderVAE", "LinearGaussian", "MoGPriorVAE", "SAVAE", "VAE", "VampVAE"]
+__all__ = ["BaseVAE", "BetaVAE", "CIWAE", "HVAE2", "IAF", "IWAE", "LadderVAE", "LinearGaussian", "MIWAE",
+           "MoGPriorVAE", "PIWAE", "SAVAE", "VAE", "VampVAE"]
