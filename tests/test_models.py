@@ -80,7 +80,6 @@ def test_elbo_of_the_amortized_encoder_is_below_log_px(linear_model):
 def test_fit_learns_the_linear_gaussian_model():
     # Data from a known PPCA model; after fit the model's exact log-likelihood of held-out data
     # approaches that of the true model (the MLE is consistent).
-    rng = np.random.default_rng(0)
     truth = LinearGaussian(data_dim=3, latent_dim=1)
     truth.set_generative([[2.0], [-1.0], [0.5]], [1.0, 0.0, -1.0], [0.3, 0.3, 0.3])
     x = truth.exact_marginal().sample(6000, seed=[5, 5]).numpy()

@@ -110,6 +110,11 @@ class BaseVAE(keras.Model):
         """Width of the decoder body's input: the whole z by default."""
         return self.latent_dim
 
+    def decoder_inputs(self, z):
+        """The part of z [..., latent_dim] that p(x|z) depends on, [..., decoder_input_dim()]:
+        all of z by default (z_1 alone in a hierarchical model)."""
+        return z
+
     # ----------------------------------------------------------------- Keras plumbing
     def build(self, input_shape=None):
         for layer in (self.likelihood, self.encoder_net, self.decoder_net):
@@ -153,6 +158,7 @@ class BaseVAE(keras.Model):
         z = as_float_tensor(z, "z")
         if z.shape.rank is None or z.shape.rank < 1 or z.shape[-1] not in (None, self.latent_dim):
             raise ValueError(f"z must have shape (..., {self.latent_dim}), got {tuple(z.shape)}")
+        z = self.decoder_inputs(z)
         leading = tf.shape(z)[:-1]
         flat_condition = None
         if self.condition_dim:
@@ -161,7 +167,7 @@ class BaseVAE(keras.Model):
             flat_condition = tf.reshape(tf.broadcast_to(condition, full), [-1, self.condition_dim])
         elif condition is not None:
             check_condition(condition, 0)
-        params = self.decoder_net(tf.reshape(z, [-1, self.latent_dim]), flat_condition, training=training)
+        params = self.decoder_net(tf.reshape(z, [-1, self.decoder_input_dim()]), flat_condition, training=training)
         params = tf.reshape(params, tf.concat(
             [leading, self.data_shape, [self.likelihood.params_per_dim]], axis=0))
         return self.likelihood.distribution(params)

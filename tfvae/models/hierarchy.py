@@ -26,7 +26,6 @@ import tensorflow_probability as tfp
 
 from tfvae.config import ConfigError
 from tfvae.distributions import DiagonalGaussianPosterior, standard_normal
-from tfvae.inputs import as_float_tensor, check_condition
 from tfvae.models.base import BaseVAE
 from tfvae.nets.mlp import check_activation, dense_stack
 
@@ -235,24 +234,9 @@ class TwoLayerVAE(BaseVAE):
             return None
         return super().analytic_kl(q)
 
-    def decode(self, z, condition=None, training=False) -> tfd.Distribution:
-        """p(x|z1) for z = [z1, z2] of shape [..., latent_dim]: reads the first d1 entries."""
-        z = as_float_tensor(z, "z")
-        if z.shape.rank is None or z.shape.rank < 1 or z.shape[-1] not in (None, self.latent_dim):
-            raise ValueError(f"z must have shape (..., {self.latent_dim}) (z = [z1, z2] with sizes "
-                             f"{list(self.latent_dims)}), got {tuple(z.shape)}")
-        z1 = z[..., :self.latent_dims[0]]
-        leading = tf.shape(z1)[:-1]
-        flat_condition = None
-        if self.condition_dim:
-            condition = check_condition(condition, self.condition_dim)
-            full = tf.concat([leading, [self.condition_dim]], axis=0)
-            flat_condition = tf.reshape(tf.broadcast_to(condition, full), [-1, self.condition_dim])
-        elif condition is not None:
-            check_condition(condition, 0)
-        params = self.decoder_net(tf.reshape(z1, [-1, self.latent_dims[0]]), flat_condition, training=training)
-        params = tf.reshape(params, tf.concat([leading, self.data_shape, [self.likelihood.params_per_dim]], axis=0))
-        return self.likelihood.distribution(params)
+    def decoder_inputs(self, z):
+        """z1, the first d1 entries of z = [z1, z2]: p(x|z) = p(x|z1)."""
+        return z[..., :self.latent_dims[0]]
 
 
 def activation_fn(name: str):
