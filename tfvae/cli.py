@@ -30,8 +30,8 @@ def cmd_list(args):
     import tfvae
     print("Models:")
     for name in tfvae.list_models():
-        doc = (tfvae.get_model_class(name).__doc__ or "").strip().splitlines()
-        print(f"  {name:<18} {doc[0] if doc else ''}")
+        doc = (tfvae.get_model_class(name).__doc__ or "").strip().split("\n\n")[0]
+        print(f"  {name:<18} {' '.join(doc.split())}")      # the docstring's first paragraph
     print("Presets:")
     for name, summary in tfvae.list_presets().items():
         print(f"  {name:<18} {summary}")

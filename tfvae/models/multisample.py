@@ -72,9 +72,11 @@ class MIWAE(MultiSampleVAE):
 
 @register("piwae")
 class PIWAE(MIWAE):
-    """Partially importance weighted autoencoder: the generative network (decoder, likelihood
-    parameters) is trained on IWAE_{M*K} and the inference network (encoder) on MIWAE_{M,K},
-    from the same M*K samples. The reported loss is -IWAE_{M*K}, the bound the generative
+    """Partially importance weighted autoencoder: the generative network trained on
+    IWAE_{M*K}, the inference network on MIWAE_{M,K}.
+
+    Both from the same M*K samples; the generative network is the decoder and the likelihood's
+    parameters, the inference network the encoder. The reported loss is -IWAE_{M*K}, the bound the generative
     model is fitted to; `objective_and_terms`'s own gradient is that of IWAE_{M*K} for every
     variable, `train_step` uses the split. Args as `MIWAE`.
     """
