@@ -153,10 +153,9 @@ class GaussianPriorVAE(VAE):
     """A VAE with a learned Gaussian prior N(loc, diag(softplus(raw)^2)) written out by hand,
     with the Monte Carlo KL: what a one-component MoG prior must reduce to."""
 
-    def build(self, input_shape=None):
+    def build_variant(self):
         self.loc = self.add_weight(shape=(self.latent_dim,), initializer="zeros", name="loc")
         self.raw = self.add_weight(shape=(self.latent_dim,), initializer="zeros", name="raw")
-        super().build(input_shape)
 
     def prior(self):
         return tfp.distributions.MultivariateNormalDiag(self.loc, positive_scale(self.raw))

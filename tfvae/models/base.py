@@ -117,9 +117,18 @@ class BaseVAE(keras.Model):
 
     # ----------------------------------------------------------------- Keras plumbing
     def build(self, input_shape=None):
+        if self.built:
+            return
         for layer in (self.likelihood, self.encoder_net, self.decoder_net):
             layer.build()
+        self.build_variant()
         self.built = True
+
+    def build_variant(self):
+        """Creates and builds what a variant adds to the networks above (its own weights and
+        sub-layers: pseudo-inputs, a learned prior, flow steps, a second stochastic layer).
+        Called once, from `build`, which __init__ calls: Keras accepts new variables and
+        sub-layers only until the model is built."""
 
     def get_config(self):
         # Plain Python containers only (JSON/YAML-safe); variants add their own keys.

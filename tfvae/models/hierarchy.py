@@ -171,7 +171,7 @@ class TwoLayerVAE(BaseVAE):
 
     over z = [z1, z2]. Subclasses store their arguments with `_set_hierarchy_config` before
     `super().__init__`, set the encoder body's width (`encoder_output_units`), create their
-    extra networks in `make_extra_layers`, and define `posterior_param_count`
+    extra networks in `build_variant`, and define `posterior_param_count`
     and `posterior_from_params` (q(z|x) from the per-example parameters that
     `posterior_params` returns). With a single layer (latent_dims = [d], where a subclass
     allows it) the model is the plain VAE: z = z1, p(z1) = N(0, I).
@@ -189,17 +189,6 @@ class TwoLayerVAE(BaseVAE):
 
     def decoder_input_dim(self) -> int:
         return self.latent_dims[0]
-
-    def make_extra_layers(self):
-        """Creates and builds the networks a subclass adds to BaseVAE's, from its
-        `_hierarchy_config()`. Called once, from `build` (which BaseVAE.__init__ calls):
-        Keras accepts new sub-layers in `build`, not after it."""
-
-    def build(self, input_shape=None):
-        super().build(input_shape)
-        if not getattr(self, "_extra_layers_made", False):
-            self.make_extra_layers()
-            self._extra_layers_made = True
 
     def _hierarchy_config(self) -> dict:
         return json.loads(self._hierarchy_config_json)

@@ -56,7 +56,7 @@ class HVAE2(TwoLayerVAE):
         super().__init__(data_shape=data_shape, latent_dim=total, encoder=encoder, decoder=decoder,
                          likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
 
-    def make_extra_layers(self):
+    def build_variant(self):
         """q(z2|z1) (`bottom_up`) and p(z1|z2) (`top_down`, mirrored widths); none for one layer."""
         if not self.hierarchical:
             return

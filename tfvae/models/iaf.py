@@ -256,14 +256,12 @@ class IAF(BaseVAE):
         self.posterior_family = IAFPosterior(self.made_steps, self.latent_dim, self.context_dim,
                                              self.update, self.gate_bias)
 
-    def build(self, input_shape=None):
-        # Called at the end of BaseVAE.__init__; Keras takes new sub-layers in __init__ or build only.
-        if not hasattr(self, "made_steps"):
-            self.made_steps = [MADE(self.latent_dim, self.made_hidden, self.made_activation, self.context_dim,
-                                    name=f"made{t}") for t in range(self.flow_steps)]
-            for made in self.made_steps:
-                made.build()
-        super().build(input_shape)
+    def build_variant(self):
+        """One MADE per flow step."""
+        self.made_steps = [MADE(self.latent_dim, self.made_hidden, self.made_activation, self.context_dim,
+                                name=f"made{t}") for t in range(self.flow_steps)]
+        for made in self.made_steps:
+            made.build()
 
     def encoder_output_units(self) -> int:
         """mu and raw sigma of the base Gaussian (2L), then the context h(x) (H)."""

@@ -87,7 +87,7 @@ class LadderVAE(TwoLayerVAE):
         super().__init__(data_shape=data_shape, latent_dim=total, encoder=encoder, decoder=decoder,
                          likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
 
-    def make_extra_layers(self):
+    def build_variant(self):
         """The bottom-up MLP d1 -> d2, the heads of the bottom-up Gaussians, and p(z1|z2)."""
         config = self._hierarchy_config()
         d1, d2 = self.latent_dims

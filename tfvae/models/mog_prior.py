@@ -50,8 +50,8 @@ class MoGPriorVAE(BaseVAE):
         super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
                          likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
 
-    def build(self, input_shape=None):
-        # Called at the end of BaseVAE.__init__ (Keras refuses new weights once built).
+    def build_variant(self):
+        """The mixture's logits, means and raw scales."""
         shape = (self.num_components, self.latent_dim)
         self.prior_logits = self.add_weight(shape=(self.num_components,), initializer="zeros",
                                             name="prior_logits")
@@ -61,7 +61,6 @@ class MoGPriorVAE(BaseVAE):
         self.prior_raw_scales = self.add_weight(
             shape=shape, initializer=keras.initializers.Constant(float(raw_scale(1.0))),
             name="prior_raw_scales")
-        super().build(input_shape)
 
     def get_config(self):
         return {**super().get_config(), "components": self.num_components}

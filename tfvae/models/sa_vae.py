@@ -98,11 +98,9 @@ class SAVAE(VAE):
         self.refine_samples = own["refine_samples"]
         self.generative_gradient = own["generative_gradient"]
 
-    def build(self, input_shape=None):
-        # BaseVAE.__init__ ends by building (which locks the state): add the extra metric here.
-        if "refined_elbo" not in self.trackers:
-            self.trackers["refined_elbo"] = keras.metrics.Mean(name="refined_elbo")
-        super().build(input_shape)
+    def build_variant(self):
+        """The extra training metric, the ELBO at the refined parameters."""
+        self.trackers["refined_elbo"] = keras.metrics.Mean(name="refined_elbo")
 
     def get_config(self):
         return {**super().get_config(), "refine_steps": self.refine_steps,

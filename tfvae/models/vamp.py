@@ -73,9 +73,8 @@ class VampVAE(BaseVAE):
         super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
                          likelihood=likelihood, condition_dim=0, kl=kl, seed=seed, name=name)
 
-    def build(self, input_shape=None):
-        # Called at the end of BaseVAE.__init__, once the likelihood exists; Keras refuses
-        # new weights after the model is built, so they are created here.
+    def build_variant(self):
+        """The pseudo-inputs' raw weights [K, *data_shape]."""
         self.bounded = self.likelihood.support == "unit_interval"
         if self.bounded:
             mean = math.log(INIT_MEAN / (1 - INIT_MEAN))
@@ -86,7 +85,6 @@ class VampVAE(BaseVAE):
             shape=(self.num_pseudo_inputs, *self.data_shape),
             initializer=keras.initializers.RandomNormal(mean=mean, stddev=std, seed=self.seed),
             name="raw_pseudo_inputs")
-        super().build(input_shape)
 
     def get_config(self):
         return {**super().get_config(), "pseudo_inputs": self.num_pseudo_inputs}
