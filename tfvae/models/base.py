@@ -188,11 +188,14 @@ class BaseVAE(keras.Model):
         return as_seed(seed)
 
     def _sample_posterior(self, x, k, condition, seed, posterior, training):
-        """(q, z [k, B, L], log p(x|z) [k, B]) for k samples of z ~ q per example."""
+        """(q, z [k, B, L], log q(z|x) [k, B], log p(x|z) [k, B]) for k samples of z ~ q per
+        example. z and log q come from one call (`experimental_sample_and_log_prob`), so a
+        flow posterior's log q is its base density minus the forward log-det, never the
+        (sequential) inverse; for a Gaussian q the values equal q.log_prob(z)."""
         x = check_batch(x, self.data_shape, "x", self.likelihood.support)
         q = posterior if posterior is not None else self.encode(x, condition, training=training)
-        z = q.sample(k, seed=self._seed(seed))
-        return q, z, self.decode(z, condition, training=training).log_prob(x)
+        z, log_qz = q.experimental_sample_and_log_prob(k, seed=self._seed(seed))
+        return q, z, log_qz, self.decode(z, condition, training=training).log_prob(x)
 
     def analytic_kl(self, q):
         """KL(q || p(z)) per example in closed form, or None when kl="monte_carlo" or TFP
@@ -204,12 +207,12 @@ class BaseVAE(keras.Model):
         except NotImplementedError:
             return None
 
-    def kl_term(self, q, z):
+    def kl_term(self, q, z, log_qz):
         """KL(q || p(z)) per example: `analytic_kl` when there is one, else the Monte Carlo
-        mean over the samples z [k, B, L] of log q(z) - log p(z)."""
+        mean over the samples z [k, B, L] (with log q(z) [k, B]) of log q(z) - log p(z)."""
         kl = self.analytic_kl(q)
         if kl is None:
-            kl = tf.reduce_mean(q.log_prob(z) - self.prior().log_prob(z), axis=0)
+            kl = tf.reduce_mean(log_qz - self.prior().log_prob(z), axis=0)
         return kl
 
     def elbo_terms(self, x, k: int = 1, condition=None, seed=None, posterior=None, training=False):
@@ -222,9 +225,9 @@ class BaseVAE(keras.Model):
         posterior: use this distribution (batch shape [B]) instead of the encoder's q, e.g.
         an exact or per-example optimised posterior.
         """
-        q, z, log_px_z = self._sample_posterior(x, k, condition, seed, posterior, training)
+        q, z, log_qz, log_px_z = self._sample_posterior(x, k, condition, seed, posterior, training)
         log_px_z = tf.reduce_mean(log_px_z, axis=0)
-        kl = self.kl_term(q, z)
+        kl = self.kl_term(q, z, log_qz)
         return {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl}
 
     def log_weights(self, x, k: int, condition=None, seed=None, posterior=None):
@@ -233,8 +236,8 @@ class BaseVAE(keras.Model):
             log_w = log p(x|z) + log p(z) - log q(z|x);  log p(x) = log E_q[w].
         Also returns the three terms (keys log_px_z, log_pz, log_qz) and the proposal q.
         """
-        q, z, log_px_z = self._sample_posterior(x, k, condition, seed, posterior, training=False)
-        log_pz, log_qz = self.prior().log_prob(z), q.log_prob(z)
+        q, z, log_qz, log_px_z = self._sample_posterior(x, k, condition, seed, posterior, training=False)
+        log_pz = self.prior().log_prob(z)
         return {"log_w": log_px_z + log_pz - log_qz, "log_px_z": log_px_z, "log_pz": log_pz,
                 "log_qz": log_qz, "posterior": q}
 

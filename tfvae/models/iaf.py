@@ -31,9 +31,9 @@ evaluations) is the IAF's inverse, needed only for log q of a z that was not dra
 The KL has no closed form, so `analytic_kl` returns None and the KL is the Monte Carlo mean
 of log q(z) - log p(z).
 
-Cost of log q on the samples: `log_weights` and `elbo_terms` draw z and log q(z) together
-with `experimental_sample_and_log_prob` (base log-density minus the forward log-det), which
-never runs the sequential inverse; the one-entry memo in `_memoized` makes the value and the
+Cost of log q on the samples: `BaseVAE`'s `log_weights` and `elbo_terms` draw z and log q(z)
+together with `experimental_sample_and_log_prob` (base log-density minus the forward
+log-det), which never runs the sequential inverse; the one-entry memo in `_memoized` makes the value and the
 log-det of a step share one MADE evaluation. (`q.sample` then `q.log_prob` on the very same
 tensor also avoids the inverse, through TFP's bijector cache, but only while the tensor
 object is the same one.) Measured on the shared 2-core CPU (latent 50, MADE [320, 320],
@@ -55,7 +55,6 @@ import tensorflow_probability as tfp
 
 from tfvae.config import NonNegativeInt, PositiveInt, Sizes, validate
 from tfvae.distributions import positive_scale
-from tfvae.inputs import check_batch
 from tfvae.models.base import BaseVAE
 from tfvae.nets.mlp import check_activation
 from tfvae.registry import register
@@ -271,30 +270,3 @@ class IAF(BaseVAE):
         return {**super().get_config(), "flow_steps": self.flow_steps, "made_hidden": list(self.made_hidden),
                 "made_activation": self.made_activation, "context_dim": self.context_dim,
                 "update": self.update, "gate_bias": self.gate_bias}
-
-    # ----------------------------------------------------------------- sampling with log q
-    def _draw(self, x, k, condition, seed, posterior, training):
-        """(q, z [k, B, L], log q(z|x) [k, B], log p(x|z) [k, B]): z and log q in one forward
-        pass of the flow (base log-density minus forward log-det), never its inverse."""
-        x = check_batch(x, self.data_shape, "x", self.likelihood.support)
-        q = posterior if posterior is not None else self.encode(x, condition, training=training)
-        z, log_qz = q.experimental_sample_and_log_prob(k, seed=self._seed(seed))
-        return q, z, log_qz, self.decode(z, condition, training=training).log_prob(x)
-
-    def elbo_terms(self, x, k: int = 1, condition=None, seed=None, posterior=None, training=False):
-        """`BaseVAE.elbo_terms`, with the Monte Carlo KL (1/k) sum_i log q(z_i) - log p(z_i)
-        computed from the log q of the draw (no closed form for a flow; a Gaussian
-        `posterior`, or flow_steps=0, keeps the analytic KL)."""
-        q, z, log_qz, log_px_z = self._draw(x, k, condition, seed, posterior, training)
-        log_px_z = tf.reduce_mean(log_px_z, axis=0)
-        kl = self.analytic_kl(q)
-        if kl is None:
-            kl = tf.reduce_mean(log_qz - self.prior().log_prob(z), axis=0)
-        return {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl}
-
-    def log_weights(self, x, k: int, condition=None, seed=None, posterior=None):
-        """`BaseVAE.log_weights` with log q from the draw itself."""
-        q, z, log_qz, log_px_z = self._draw(x, k, condition, seed, posterior, training=False)
-        log_pz = self.prior().log_prob(z)
-        return {"log_w": log_px_z + log_pz - log_qz, "log_px_z": log_px_z, "log_pz": log_pz,
-                "log_qz": log_qz, "posterior": q}

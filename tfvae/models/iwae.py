@@ -81,18 +81,17 @@ class MultiSampleVAE(BaseVAE):
         samples: log_px_z = mean_i log p(x|z_i), kl = KL(q || p) (analytic when available,
         else the Monte Carlo mean over the samples), elbo = log_px_z - kl, each [B].
 
-        The samples are z = q.sample(n, seed) exactly as in `BaseVAE.log_weights`, so with
-        the same seed both see the same z.
+        The samples are drawn exactly as in `BaseVAE.log_weights`, so with the same seed
+        both see the same z.
         """
         params = self.posterior_params(x, condition, training=training)
         q = self.posterior_family.distribution(params)
-        q, z, log_px_z = self._sample_posterior(x, n, condition, seed, q, training)
+        q, z, log_qz, log_px_z = self._sample_posterior(x, n, condition, seed, q, training)
         log_pz = self.prior().log_prob(z)
-        log_qz = q.log_prob(z)
         log_qz_fixed = self.posterior_family.distribution(tf.stop_gradient(params)).log_prob(z)
         weight = tf.cast(self.kl_weight, log_px_z.dtype)
         mean_log_px_z = tf.reduce_mean(log_px_z, axis=0)
-        kl = self.kl_term(q, z)
+        kl = self.kl_term(q, z, log_qz)
         return {"log_w": log_px_z + weight * (log_pz - log_qz),
                 "log_w_fixed_q": log_px_z + weight * (log_pz - log_qz_fixed),
                 "terms": {"log_px_z": mean_log_px_z, "kl": kl, "elbo": mean_log_px_z - kl}}
