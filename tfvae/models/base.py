@@ -272,6 +272,20 @@ class BaseVAE(keras.Model):
             self.trackers[name].update_state(terms[name])
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
+    def split_gradients(self, tape, encoder_loss, generative_loss):
+        """Gradients aligned with `trainable_variables`: the encoder's variables take the
+        gradient of `encoder_loss`, every other variable that of `generative_loss` (one
+        backward pass when both are the same tensor; else the tape must be persistent). For
+        estimators that treat the two networks differently (DReG, PIWAE, SA-VAE)."""
+        variables = self.trainable_variables
+        if encoder_loss is generative_loss:
+            return tape.gradient(encoder_loss, variables)
+        encoder = {id(v) for v in self.encoder_net.trainable_variables}
+        is_encoder = [id(v) in encoder for v in variables]
+        of_encoder = iter(tape.gradient(encoder_loss, [v for v, e in zip(variables, is_encoder) if e]))
+        of_rest = iter(tape.gradient(generative_loss, [v for v, e in zip(variables, is_encoder) if not e]))
+        return [next(of_encoder) if e else next(of_rest) for e in is_encoder]
+
     def train_step(self, data):
         x, condition = self.unpack(data)
         with tf.GradientTape() as tape:

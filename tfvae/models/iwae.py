@@ -109,32 +109,20 @@ class MultiSampleVAE(BaseVAE):
         return loss, terms
 
     # ----------------------------------------------------------------- training
-    def variable_groups(self):
-        """(inference variables, generative variables): the encoder's trainable variables
-        and every other trainable variable of the model."""
-        inference = list(self.encoder_net.trainable_variables)
-        ids = {id(v) for v in inference}
-        return inference, [v for v in self.trainable_variables if id(v) not in ids]
-
     def group_gradients(self, x, condition=None, training=True, seed=None):
         """(loss, terms, gradients aligned with `self.trainable_variables`): each variable's
         gradient is that of its group's surrogate (plus any layer losses)."""
         with tf.GradientTape(persistent=True) as tape:
             loss, surrogates, terms = self.group_objectives(x, condition, training=training, seed=seed)
-            shared = surrogates[INFERENCE] is surrogates[GENERATIVE]
             if self.losses:   # layer losses (regularizers) join both groups' surrogates
                 extra = tf.add_n(self.losses)
+                shared = surrogates[INFERENCE] is surrogates[GENERATIVE]
                 surrogates = {group: value + extra for group, value in surrogates.items()}
-        inference, generative = self.variable_groups()
-        if shared:
-            grads = tape.gradient(surrogates[INFERENCE], inference + generative)
-        else:
-            grads = (tape.gradient(surrogates[INFERENCE], inference)
-                     + tape.gradient(surrogates[GENERATIVE], generative))
+                if shared:
+                    surrogates[GENERATIVE] = surrogates[INFERENCE]
+        grads = self.split_gradients(tape, surrogates[INFERENCE], surrogates[GENERATIVE])
         del tape
-        by_id = {id(v): g for v, g in zip(inference + generative, grads)}
-        variables = self.trainable_variables
-        return loss, terms, [by_id[id(v)] if by_id[id(v)] is not None else tf.zeros_like(v) for v in variables]
+        return loss, terms, [g if g is not None else tf.zeros_like(v) for v, g in zip(self.trainable_variables, grads)]
 
     def train_step(self, data):
         x, condition = self.unpack(data)

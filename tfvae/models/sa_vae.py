@@ -155,13 +155,6 @@ class SAVAE(VAE):
         """The scalar loss (see `objective_and_terms`)."""
         return self.objective_and_terms(x, condition, training, seed)[0]
 
-    def encoder_variables(self):
-        return self.encoder_net.trainable_variables
-
-    def generative_variables(self):
-        encoder = {id(v) for v in self.encoder_variables()}
-        return [v for v in self.trainable_variables if id(v) not in encoder]
-
     def gradients(self, x, condition=None, training=True, seed=None):
         """(loss, terms, gradients aligned with `trainable_variables`) of one training step:
         the encoder's through the refinement; the generative model's per `generative_gradient`."""
@@ -172,16 +165,8 @@ class SAVAE(VAE):
             generative_total = terms.pop("generative_loss", None)
             if generative_total is not None:
                 generative_total = generative_total + extra
-        variables = self.trainable_variables
-        if generative_total is None:
-            gradients = tape.gradient(total, variables)
-        else:
-            encoder = {id(v) for v in self.encoder_variables()}
-            is_encoder = [id(v) in encoder for v in variables]
-            through = iter(tape.gradient(total, [v for v, e in zip(variables, is_encoder) if e]))
-            fixed = iter(tape.gradient(generative_total, [v for v, e in zip(variables, is_encoder) if not e]))
-            gradients = [next(through) if e else next(fixed) for e in is_encoder]
-            del tape
+        gradients = self.split_gradients(tape, total, total if generative_total is None else generative_total)
+        del tape
         return loss, terms, gradients
 
     def train_step(self, data):
