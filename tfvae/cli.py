@@ -1,4 +1,4 @@
-"""The `tfvae` command: list | train | evaluate | gaps | export | sample.
+"""The `tfvae` command: list | train | evaluate | gaps | export | sample | bench.
 
 Errors in what the user gave (unknown preset, bad config, missing data file) print one
 line, `tfvae: error: ...`, and exit with status 2, never a traceback.
@@ -191,10 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="PNG path (default: RUN_DIR/samples_seed<SEED>.png)")
     p.set_defaults(func=cmd_sample)
+
+    sub.add_parser("bench", add_help=False,
+                   help="throughput of training and evaluation, against the matmul peak and PyTorch "
+                        "(tfvae bench --help)")
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:          # its own parser: `tfvae bench --help` lists its options
+        _quiet_tensorflow()
+        from tfvae.bench import main as bench_main
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     _quiet_tensorflow()
     try:

@@ -29,6 +29,7 @@ import keras
 import yaml
 
 from tfvae.config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt, validate
+from tfvae.optimizers import FusedAdam
 from tfvae.registry import close_matches_message, get_model_class
 
 CONFIG_FILE = "config.yaml"
@@ -216,7 +217,7 @@ def build_model(model_config: Mapping, **overrides) -> keras.Model:
 
 
 def make_optimizer(training: TrainingSection) -> keras.optimizers.Optimizer:
-    optimizers = {"adam": keras.optimizers.Adam, "adamax": keras.optimizers.Adamax,
+    optimizers = {"adam": FusedAdam, "adamax": keras.optimizers.Adamax,
                   "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}
     options = {}
     if training.adam_epsilon is not None:

@@ -60,6 +60,11 @@ class BaseVAE(keras.Model):
         q(z|x, c) and p(x|z, c) see c concatenated to their inputs.
       kl: "analytic" (closed form where TFP has one, else Monte Carlo) or "monte_carlo".
       seed: seed of the sampling stream used inside `fit` and when no seed is passed.
+      precision: "float32", or "mixed_bfloat16": the encoder and decoder bodies compute in
+        bfloat16 (their weights stay float32), and their outputs are cast to float32 before
+        any distribution is built, so every log-probability, KL and bound is float32. Pays
+        on hardware with bfloat16 matmuls (recent x86 with AVX512-BF16 or AMX, TPUs,
+        Ampere+ GPUs); see docs/performance.md.
     """
 
     posterior_family = DiagonalGaussianPosterior
@@ -68,11 +73,11 @@ class BaseVAE(keras.Model):
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
                  likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
                  kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 name: str | None = None):
+                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
         super().__init__(name=name or getattr(type(self), "registered_name", "vae"))
         args = validate(BaseVAE, dict(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder,
                                       decoder=decoder, likelihood=likelihood, condition_dim=condition_dim,
-                                      kl=kl, seed=seed, name=name), f"model {self.name!r}")
+                                      kl=kl, seed=seed, precision=precision, name=name), f"model {self.name!r}")
         self.data_shape = tuple(args["data_shape"])
         self.latent_dim = args["latent_dim"]
         self.condition_dim = args["condition_dim"]
@@ -81,16 +86,21 @@ class BaseVAE(keras.Model):
         decoder_spec = normalize_net_spec(args["decoder"] if args["decoder"] is not None else encoder_spec)
         likelihood_spec = normalize_spec(args["likelihood"], LIKELIHOODS, "likelihood")
         self.seed = args["seed"]
+        self.precision = args["precision"]
         # Kept as JSON text: Keras would wrap a dict attribute in a tracking container.
         self._base_config_json = json.dumps(dict(
             data_shape=list(self.data_shape), latent_dim=self.latent_dim, encoder=encoder_spec,
             decoder=decoder_spec, likelihood=likelihood_spec, condition_dim=self.condition_dim,
-            kl=self.kl_mode, seed=self.seed))
+            kl=self.kl_mode, seed=self.seed, precision=self.precision))
 
         self.likelihood = build_likelihood(likelihood_spec, self.data_shape)
         self.encoder_net = build_encoder(encoder_spec, self.data_shape, self.condition_dim, self.encoder_output_units())
         self.decoder_net = build_decoder(decoder_spec, self.decoder_input_dim(), self.data_shape,
                                          self.likelihood.params_per_dim, self.condition_dim)
+        if self.precision != "float32":
+            for net in (self.encoder_net, self.decoder_net):
+                for layer in net._flatten_layers(include_self=True):
+                    layer.dtype_policy = self.precision
         self.seed_generator = keras.random.SeedGenerator(args["seed"], name="sampling_seed")
         # Multiplies the KL term of the training objective; the KL warm-up callback ramps it 0 -> 1.
         self.kl_weight = self.add_weight(shape=(), initializer="ones", trainable=False, name="kl_weight")
@@ -153,7 +163,7 @@ class BaseVAE(keras.Model):
         Semi-amortized inference refines these by gradient steps."""
         x = check_batch(x, self.data_shape, "x", self.likelihood.support)
         condition = check_condition(condition, self.condition_dim, x.shape[0])
-        return self.encoder_net(x, condition, training=training)
+        return tf.cast(self.encoder_net(x, condition, training=training), tf.float32)
 
     def encode(self, x, condition=None, training=False) -> tfd.Distribution:
         """q(z|x[, c]) with batch shape [B] and event shape [latent_dim]."""
@@ -176,7 +186,8 @@ class BaseVAE(keras.Model):
             flat_condition = tf.reshape(tf.broadcast_to(condition, full), [-1, self.condition_dim])
         elif condition is not None:
             check_condition(condition, 0)
-        params = self.decoder_net(tf.reshape(z, [-1, self.decoder_input_dim()]), flat_condition, training=training)
+        params = tf.cast(self.decoder_net(tf.reshape(z, [-1, self.decoder_input_dim()]), flat_condition,
+                                          training=training), tf.float32)
         params = tf.reshape(params, tf.concat(
             [leading, self.data_shape, [self.likelihood.params_per_dim]], axis=0))
         return self.likelihood.distribution(params)

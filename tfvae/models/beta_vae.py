@@ -44,11 +44,13 @@ class BetaVAE(BaseVAE):
                  data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
                  likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0, name: str | None = None):
+                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
+                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
         args = validate(BetaVAE, dict(beta=beta, capacity=capacity, capacity_steps=capacity_steps, gamma=gamma),
                         "model 'beta_vae'", fill_defaults=False)
         super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
+                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
+                         precision=precision, name=name)
         self.beta, self.capacity = args["beta"], args["capacity"]
         self.capacity_steps, self.gamma = args["capacity_steps"], args["gamma"]
 

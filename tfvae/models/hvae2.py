@@ -44,7 +44,8 @@ class HVAE2(TwoLayerVAE):
                  decoder: str | Mapping | None = None, stochastic_hidden: Sizes = (100, 100),
                  stochastic_activation: str = "tanh", likelihood: str | Mapping = "bernoulli",
                  condition_dim: NonNegativeInt = 0, kl: Literal["analytic", "monte_carlo"] = "analytic",
-                 seed: int = 0, name: str | None = None):
+                 seed: int = 0,
+                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
         where = f"model {name or 'hvae2'!r}"
         args = validate(HVAE2, dict(latent_dims=latent_dims, latent_dim=latent_dim,
                                     stochastic_hidden=stochastic_hidden,
@@ -54,7 +55,8 @@ class HVAE2(TwoLayerVAE):
         self._set_hierarchy_config(dims, stochastic_hidden=list(args["stochastic_hidden"]),
                                    stochastic_activation=args["stochastic_activation"])
         super().__init__(data_shape=data_shape, latent_dim=total, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
+                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
+                         precision=precision, name=name)
 
     def build_variant(self):
         """q(z2|z1) (`bottom_up`) and p(z1|z2) (`top_down`, mirrored widths); none for one layer."""

@@ -233,12 +233,14 @@ class IAF(BaseVAE):
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
                  likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
                  kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
+                 precision: Literal["float32", "mixed_bfloat16"] = "float32",
                  flow_steps: NonNegativeInt = 2, made_hidden: Sizes = (320, 320), made_activation: str = "elu",
                  context_dim: NonNegativeInt = 50, update: Literal["gated", "affine"] = "gated",
                  gate_bias: float = 2.0, name: str | None = None):
         args = validate(IAF, dict(
             data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-            likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, flow_steps=flow_steps,
+            likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
+            precision=precision, flow_steps=flow_steps,
             made_hidden=made_hidden, made_activation=made_activation, context_dim=context_dim,
             update=update, gate_bias=gate_bias, name=name), f"model {name or 'iaf'!r}")
         if not math.isfinite(args["gate_bias"]):
@@ -251,7 +253,8 @@ class IAF(BaseVAE):
         self.made_activation, self.context_dim = args["made_activation"], args["context_dim"]
         self.update, self.gate_bias = args["update"], args["gate_bias"]
         super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
+                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
+                         precision=precision, name=name)
         self.posterior_family = IAFPosterior(self.made_steps, self.latent_dim, self.context_dim,
                                              self.update, self.gate_bias)
 

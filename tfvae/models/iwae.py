@@ -146,10 +146,12 @@ class IWAE(MultiSampleVAE):
                  data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
                  likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0, name: str | None = None):
+                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
+                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
         args = validate(IWAE, dict(k=k, estimator=estimator), "model 'iwae'", fill_defaults=False)
         super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
+                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
+                         precision=precision, name=name)
         self.k, self.estimator = args["k"], args["estimator"]
 
     def get_config(self):

@@ -73,7 +73,8 @@ class LadderVAE(TwoLayerVAE):
                  decoder: str | Mapping | None = None, bottom_up: Sizes = (512, 256, 256),
                  top_down: Sizes = (256, 256), activation: str = "leaky_relu",
                  likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0, name: str | None = None):
+                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
+                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
         where = f"model {name or 'ladder'!r}"
         args = validate(LadderVAE, dict(latent_dims=latent_dims, latent_dim=latent_dim, bottom_up=bottom_up,
                                         top_down=top_down, activation=activation), where)
@@ -85,7 +86,8 @@ class LadderVAE(TwoLayerVAE):
         self._set_hierarchy_config(dims, bottom_up=list(args["bottom_up"]), top_down=list(args["top_down"]),
                                    activation=args["activation"])
         super().__init__(data_shape=data_shape, latent_dim=total, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
+                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
+                         precision=precision, name=name)
 
     def build_variant(self):
         """The bottom-up MLP d1 -> d2, the heads of the bottom-up Gaussians, and p(z1|z2)."""

@@ -43,9 +43,11 @@ class LinearGaussian(BaseVAE):
 
     def __init__(self, data_dim: PositiveInt = 2, latent_dim: PositiveInt = 1,
                  noise_scale: PositiveFloat | Literal["learned"] = "learned",
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0, name: str | None = None):
+                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
+                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
         super().__init__(data_shape=(data_dim,), latent_dim=latent_dim, encoder=LINEAR, decoder=LINEAR,
-                         likelihood={"type": "gaussian", "scale": noise_scale}, kl=kl, seed=seed, name=name)
+                         likelihood={"type": "gaussian", "scale": noise_scale}, kl=kl, seed=seed,
+                         precision=precision, name=name)
         self.noise_scale = noise_scale
 
     def get_config(self):

@@ -44,11 +44,13 @@ class MoGPriorVAE(BaseVAE):
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
                  likelihood: str | Mapping = "bernoulli", components: PositiveInt = 10,
                  condition_dim: NonNegativeInt = 0, kl: Literal["analytic", "monte_carlo"] = "analytic",
-                 seed: int = 0, name: str | None = None):
+                 seed: int = 0,
+                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
         self.num_components = validate(MoGPriorVAE, {"components": components}, "model 'mog_prior'",
                                        fill_defaults=False)["components"]
         super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
+                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
+                         precision=precision, name=name)
 
     def build_variant(self):
         """The mixture's logits, means and raw scales."""

@@ -44,10 +44,12 @@ class MIWAE(MultiSampleVAE):
                  data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
                  likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0, name: str | None = None):
+                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
+                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
         args = validate(MIWAE, dict(m=m, k=k), f"model {type(self).registered_name!r}", fill_defaults=False)
         super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
+                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
+                         precision=precision, name=name)
         self.m, self.k = args["m"], args["k"]
 
     def get_config(self):
@@ -108,10 +110,12 @@ class CIWAE(MultiSampleVAE):
                  data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
                  likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0, name: str | None = None):
+                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
+                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
         args = validate(CIWAE, dict(k=k, beta=beta), f"model {type(self).registered_name!r}", fill_defaults=False)
         super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
+                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
+                         precision=precision, name=name)
         self.k, self.beta = args["k"], args["beta"]
 
     def get_config(self):

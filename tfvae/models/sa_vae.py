@@ -83,6 +83,7 @@ class SAVAE(VAE):
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
                  likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
                  kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
+                 precision: Literal["float32", "mixed_bfloat16"] = "float32",
                  refine_steps: NonNegativeInt = 20, refine_learning_rate: PositiveFloat = 0.01,
                  max_grad_norm: PositiveFloat | None = 5.0, refine_samples: PositiveInt = 1,
                  generative_gradient: Literal["total", "partial"] = "total", name: str | None = None):
@@ -91,7 +92,8 @@ class SAVAE(VAE):
                                    generative_gradient=generative_gradient),
                        f"model {getattr(type(self), 'registered_name', 'sa_vae')!r}")
         super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed, name=name)
+                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
+                         precision=precision, name=name)
         self.refine_steps = own["refine_steps"]
         self.refine_learning_rate = own["refine_learning_rate"]
         self.max_grad_norm = own["max_grad_norm"]

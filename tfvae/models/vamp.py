@@ -62,7 +62,8 @@ class VampVAE(BaseVAE):
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
                  likelihood: str | Mapping = "bernoulli", pseudo_inputs: PositiveInt = 500,
                  condition_dim: NonNegativeInt = 0, kl: Literal["analytic", "monte_carlo"] = "analytic",
-                 seed: int = 0, name: str | None = None):
+                 seed: int = 0,
+                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
         args = validate(VampVAE, dict(pseudo_inputs=pseudo_inputs, condition_dim=condition_dim),
                         "model 'vamp'", fill_defaults=False)
         if args["condition_dim"]:
@@ -71,7 +72,7 @@ class VampVAE(BaseVAE):
                               f"use condition_dim=0")
         self.num_pseudo_inputs = args["pseudo_inputs"]
         super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=0, kl=kl, seed=seed, name=name)
+                         likelihood=likelihood, condition_dim=0, kl=kl, seed=seed, precision=precision, name=name)
 
     def build_variant(self):
         """The pseudo-inputs' raw weights [K, *data_shape]."""
