@@ -7,15 +7,17 @@ from tfvae.models import VAE
 from tfvae.training import KLWarmup
 
 
-def test_kl_warmup_ramps_the_weight_linearly_over_its_epochs():
-    # 4 steps an epoch, warm-up over 2 epochs: before step s the weight is min(1, s / 8), so the
-    # last steps of epochs 1, 2, 3 (s = 3, 7, 11) train with 3/8, 7/8 and 1.
+@pytest.mark.parametrize("steps_per_execution, expected", [(1, [3 / 8, 7 / 8, 1.0]), (2, [2 / 8, 6 / 8, 1.0])])
+def test_kl_warmup_ramps_the_weight_linearly_over_its_epochs(steps_per_execution, expected):
+    # 4 steps an epoch, warm-up over 2 epochs: before step s the weight is min(1, s / 8). One
+    # step per call: the last steps of epochs 1, 2, 3 (s = 3, 7, 11) train with 3/8, 7/8 and 1.
+    # Two steps per call: the last calls begin at s = 2, 6, 10.
     model = VAE(data_shape=(4, 4, 1), latent_dim=2, encoder={"type": "mlp", "hidden": [8]})
-    model.compile(optimizer="adam")
+    model.compile(optimizer="adam", steps_per_execution=steps_per_execution)
     x = (np.random.default_rng(0).random((16, 4, 4, 1)) > 0.5).astype("float32")
     history = model.fit(tf.data.Dataset.from_tensor_slices(x).batch(4), epochs=3, verbose=0, shuffle=False,
                         callbacks=[KLWarmup(2)])
-    np.testing.assert_allclose(history.history["kl_weight"], [3 / 8, 7 / 8, 1.0])
+    np.testing.assert_allclose(history.history["kl_weight"], expected)
     with pytest.raises(ValueError, match="positive number of epochs"):
         KLWarmup(0)
 

@@ -16,7 +16,8 @@ of peak is a lower bound on the work done):
   forward F = sum over layers 2 * fan_in * fan_out        (encoder E + decoder D)
   train     = 3F - 2 * fan_in * fan_out of the first encoder layer (no gradient w.r.t. x)
   iwae-eval = E + k * D
-  svi       = E + steps * samples * 2D   (forward, and backward to z only: weights fixed)
+  svi       = E + steps * samples * 2D   (forward, and backward to z only: the weights are
+              fixed, so their gradients are never formed)
 
 With --vs-torch, rounds alternate with `../shared/bench/torch_reference.py` (same model,
 same batch, same number of steps) run in a subprocess; each side's figure is the median of
@@ -232,7 +233,7 @@ def bench_train(images, batch_size, steps, rounds, precision, peak, torch=None, 
             log(message + _load_note(loads[-1]))
 
     model.fit(training_stream(images, batch_size), epochs=rounds + 1, steps_per_epoch=steps, verbose=0,
-              callbacks=[Rounds()])
+              callbacks=[Rounds()], shuffle=False)   # the stream shuffles
     setting = {"batch_size": batch_size, "precision": precision,
                "steps_per_execution": settings.steps_per_execution, "jit_compile": settings.jit_compile}
     return model, _median_row("train", setting, rates, flops, peak, torch_rates, loads)

@@ -102,7 +102,7 @@ class IndependentBernoulli(tfd.Independent):
     The sum is one XLA-compiled kernel that reads the logits once, where TFP's form makes about
     eight elementwise passes (two softplus) and a separate reduction. With k importance
     samples this dominates everything but the decoder's matmuls: for an MLP VAE on 784 pixels
-    at k=5000 on a 2-core CPU, scripts/bench_iwae_eval.py measured `tfvae.log_likelihood` at
+    at k=5000 on a 2-core CPU, `tfvae bench --only iwae-eval` measured `tfvae.log_likelihood` at
     ~20 examples/s with TFP's form, 23-24 with a one-softplus TensorFlow form and 27-29 with
     this kernel. x broadcasts against the logits inside the kernel (e.g. [B, D] against
     [k, B, D]) without being copied k times.

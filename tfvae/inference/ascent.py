@@ -77,7 +77,7 @@ def adam_ascent(values_fn, params: dict, settings: AscentSettings):
     window = settings.window
 
     def body(i, params, m, v, trace, learning_rate, previous, plateaus, finite):
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:   # the model's weights are fixed
             tape.watch(params)
             values = values_fn(params, i)
             total = tf.reduce_sum(values)

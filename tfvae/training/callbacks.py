@@ -37,20 +37,25 @@ def learning_rate_schedule(schedule: str, base: float):
 
 class KLWarmup(keras.callbacks.Callback):
     """Ramps the model's `kl_weight` linearly from 0 to 1 over the first `epochs` epochs
-    (Bowman et al. 2016; Sønderby et al. 2016), updated before every training step:
-    weight = min(1, step / (epochs * steps_per_epoch))."""
+    (Bowman et al. 2016; Sønderby et al. 2016), set before every compiled call of the
+    training step: weight = min(1, step / (epochs * steps_per_epoch)), with `step` the
+    index of the call's first step. With steps_per_execution = n the weight holds for the
+    n steps of a call."""
 
     def __init__(self, epochs: float):
         super().__init__()
         if epochs <= 0:
             raise ValueError(f"KL warm-up needs a positive number of epochs, got {epochs}")
         self.epochs = epochs
-        self.step = 0
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
         steps_per_epoch = self.params.get("steps") or 1
-        self.model.kl_weight.assign(min(1.0, self.step / (self.epochs * steps_per_epoch)))
-        self.step += 1
+        step = self.epoch * steps_per_epoch + batch      # Keras passes the call's first step
+        self.model.kl_weight.assign(min(1.0, step / (self.epochs * steps_per_epoch)))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
