@@ -243,7 +243,8 @@ def bench_iwae_eval(model, images, k, batch_size, rounds, peak, torch=None, log=
     """Examples/s of `tfvae.evaluate` at k importance samples, tracing excluded."""
     from tfvae.inference.evaluate import evaluate
     examples = len(images)
-    evaluate(model, images[:batch_size], k=k, batch_size=batch_size, verbose=False)   # traces
+    for size in {batch_size, examples % batch_size} - {0}:      # trace every batch shape, untimed
+        evaluate(model, images[:size], k=k, batch_size=size, verbose=False)
     rates, torch_rates, loads = [], [], []
     for r in range(rounds):
         with OtherLoad() as load:
@@ -289,7 +290,7 @@ def format_table(result: dict) -> str:
     peak = result["matmul_peak_gflops"]
     lines = [f"float32 matmul peak: {peak:.0f} GFLOP/s (n={result['matmul_n']}); "
              f"{result['cpu_count']} CPUs; data: {result['data']}",
-             f"{'benchmark':<34} {'tfvae ex/s':>11} {'GFLOP/s':>8} {'of peak':>8} {'torch ex/s':>11} {'ratio':>6}"]
+             f"{'benchmark':<40} {'tfvae ex/s':>11} {'GFLOP/s':>8} {'of peak':>8} {'torch ex/s':>11} {'ratio':>6}"]
     for row in result["results"]:
         if row["name"] == "train":
             label = f"train  batch {row['batch_size']} {row['precision']}"
@@ -301,7 +302,7 @@ def format_table(result: dict) -> str:
             label = f"svi  {row['steps']} steps x {row['samples']} samples"
         torch = f"{row['torch_examples_per_s']:>11,.1f}" if "torch_examples_per_s" in row else f"{'-':>11}"
         ratio = f"{row['ratio']:>6.2f}" if "ratio" in row else f"{'-':>6}"
-        lines.append(f"{label:<34} {row['examples_per_s']:>11,.1f} {row['gflops']:>8.1f} "
+        lines.append(f"{label:<40} {row['examples_per_s']:>11,.1f} {row['gflops']:>8.1f} "
                      f"{row['fraction_of_peak']:>8.0%} {torch} {ratio}")
     for row in result["results"]:
         if row["name"] == "iwae-eval":
