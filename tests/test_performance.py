@@ -105,8 +105,9 @@ def test_benchmark_errors_are_one_line(tmp_path, capsys):
 
 
 MEMORY_PROBE = textwrap.dedent("""
-    import resource, sys
+    import sys
     import numpy as np
+    from tfvae.bench import peak_rss_gib
     from tfvae.inference.importance import log_likelihood
     from tfvae.models import VAE
     batch, chunk = int(sys.argv[1]), int(sys.argv[2])
@@ -114,7 +115,7 @@ MEMORY_PROBE = textwrap.dedent("""
                 decoder={"type": "mlp", "hidden": [256, 512], "activation": "relu"})
     x = (np.random.default_rng(0).random((batch, 784)) > 0.5).astype("float32")
     log_likelihood(model, x, k=5000, samples_per_chunk=chunk).numpy()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30)
+    print(peak_rss_gib())
 """)
 
 
@@ -126,6 +127,17 @@ def peak_gib_of_evaluation(batch, chunk, tmp_path):
                           env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return float(proc.stdout.strip().splitlines()[-1])
+
+
+def test_peak_memory_is_this_process_own():
+    """VmHWM, not ru_maxrss, which a child inherits from its parent across exec: a child
+    started from a process holding 1 GiB more must still report its own small peak."""
+    ballast = np.ones(2**28, np.float32)          # 1 GiB resident in this (parent) process
+    proc = subprocess.run([sys.executable, "-c", "from tfvae.bench import peak_rss_gib; print(peak_rss_gib())"],
+                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split()[-1]) < bench.peak_rss_gib() - 0.8
+    del ballast
 
 
 def test_evaluation_at_k_5000_stays_under_2_gib_for_a_large_batch(tmp_path):

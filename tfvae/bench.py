@@ -105,7 +105,17 @@ class OtherLoad:
 
 
 def peak_rss_gib() -> float:
-    """Peak resident memory of this process so far, GiB (Linux reports ru_maxrss in KiB)."""
+    """Peak resident memory of this process, GiB: VmHWM from /proc/self/status, which
+    starts afresh at exec. (ru_maxrss does not: Linux carries it over from the parent, so a
+    benchmark started from a 4 GiB process would report 4 GiB. It is the fallback where
+    /proc is missing.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20          # kB
+    except (OSError, ValueError, IndexError):
+        pass
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30
 
