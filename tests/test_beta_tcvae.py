@@ -1,6 +1,7 @@
 """beta-TCVAE: the minibatch-weighted-sampling estimates against brute-force numpy sums, the
 decomposition identity (alpha = beta = gamma = 1 gives the VAE loss with a Monte Carlo KL),
 the weighting, fit, config round trip and export."""
+import functools
 import math
 
 import keras
@@ -10,7 +11,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import tfvae
-import tfvae.models.beta_tcvae  # noqa: F401  (registers beta_tcvae; tfvae.models does not import it yet)
+import variant_helpers
 from tfvae.config import ConfigError
 from tfvae.models import VAE
 from tfvae.models.base import as_seed
@@ -20,14 +21,8 @@ tfd = tfp.distributions
 
 SHAPE = (4, 4, 1)
 TINY = dict(data_shape=SHAPE, latent_dim=3, encoder={"type": "mlp", "hidden": [8]})
-
-
-def structured_data(n, seed=0):
-    """Three random binary prototypes with 10% of the pixels flipped."""
-    rng = np.random.default_rng(seed)
-    prototypes = np.random.default_rng(123).random((3, *SHAPE)) > 0.5
-    x = prototypes[rng.integers(0, 3, n)]
-    return np.where(rng.random(x.shape) < 0.1, ~x, x).astype("float32")
+structured_data = functools.partial(variant_helpers.structured_data, shape=SHAPE)
+twin = functools.partial(variant_helpers.twin, config=TINY)
 
 
 X = structured_data(8, seed=1)
@@ -49,13 +44,6 @@ def brute_force_mws(z, loc, scale, n):
         log_prod[i] = sum(math.log(sum(normal_pdf(z[i, l], loc[j, l], scale[j, l]) for j in range(m)) / (n * m))
                           for l in range(dims))
     return log_qz, log_prod
-
-
-def twin(cls, reference, **kwargs):
-    """A `cls` model with `reference`'s weights."""
-    model = cls(**TINY, seed=reference.seed, **kwargs)
-    model.set_weights(reference.get_weights())
-    return model
 
 
 # ------------------------------------------------------------------ (a) MWS vs brute force

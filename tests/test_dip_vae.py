@@ -1,32 +1,25 @@
 """DIP-VAE (tfvae.models.dip_vae): the covariance penalties against numpy, the loss against the
 VAE's negative ELBO plus a numpy penalty, training, config round trip and export."""
+import functools
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tfvae
-import tfvae.models.dip_vae  # noqa: F401  (registers dip_vae; tfvae.models does not import it)
+import variant_helpers
 from tfvae.config import ConfigError
 from tfvae.models import VAE
 from tfvae.models.dip_vae import DIPVAE, dip_penalty
 
 SHAPE = (16,)
 TINY = dict(data_shape=SHAPE, latent_dim=3, encoder={"type": "mlp", "hidden": [8]})
-
-
-def binary_data(n, seed=0):
-    return (np.random.default_rng(seed).random((n, *SHAPE)) > 0.5).astype("float32")
+binary_data = functools.partial(variant_helpers.binary_data, shape=SHAPE)
+twin = functools.partial(variant_helpers.twin, config=TINY)
 
 
 X = binary_data(10, seed=1)
-
-
-def twin(cls, reference, **kwargs):
-    """A `cls` model with `reference`'s weights (and sampling-stream seed)."""
-    model = cls(**TINY, seed=reference.seed, **kwargs)
-    model.set_weights(reference.get_weights())
-    return model
 
 
 def numpy_penalty(mu, sigma, dip_type, lambda_od, lambda_d):

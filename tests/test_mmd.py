@@ -1,6 +1,7 @@
 """InfoVAE and WAE-MMD (tfvae.models.mmd): the kernels and MMD^2 estimator against a numpy
 double loop, the losses against the VAE's terms plus a numpy MMD, training, config round
 trip and export."""
+import functools
 import math
 
 import keras
@@ -9,27 +10,18 @@ import pytest
 import tensorflow as tf
 
 import tfvae
-import tfvae.models.mmd  # noqa: F401  (registers info_vae and wae_mmd; tfvae.models does not import them)
+import variant_helpers
 from tfvae.config import ConfigError
 from tfvae.models import VAE
 from tfvae.models.mmd import WAEMMD, InfoVAE, imq_kernel, mmd2, rbf_kernel
 
 SHAPE = (16,)
 TINY = dict(data_shape=SHAPE, latent_dim=2, encoder={"type": "mlp", "hidden": [8]})
-
-
-def binary_data(n, seed=0):
-    return (np.random.default_rng(seed).random((n, *SHAPE)) > 0.5).astype("float32")
+binary_data = functools.partial(variant_helpers.binary_data, shape=SHAPE)
+twin = functools.partial(variant_helpers.twin, config=TINY)
 
 
 X = binary_data(10, seed=1)
-
-
-def twin(cls, reference, **kwargs):
-    """A `cls` model with `reference`'s weights (and sampling-stream seed)."""
-    model = cls(**TINY, seed=reference.seed, **kwargs)
-    model.set_weights(reference.get_weights())
-    return model
 
 
 def perturb(model, seed, scale=0.5):

@@ -1,6 +1,7 @@
 """The objective variants (beta_vae, iwae, miwae, piwae, ciwae) against brute-force numpy
 bounds, against the variants they must reduce to (same weights, same seeds), and, for the
 DReG estimator, against the standard gradient over many seeds."""
+import functools
 import math
 
 import keras
@@ -9,9 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tfvae
-import tfvae.models.beta_vae  # noqa: F401  (registers beta_vae; tfvae.models does not import it yet)
-import tfvae.models.iwae  # noqa: F401
-import tfvae.models.multisample  # noqa: F401
+import variant_helpers
 from tfvae.config import ConfigError
 from tfvae.export import export
 from tfvae.models import VAE
@@ -21,24 +20,11 @@ from tfvae.models.multisample import CIWAE, MIWAE, PIWAE
 
 SHAPE = (6, 6, 1)
 TINY = dict(data_shape=SHAPE, latent_dim=2, encoder={"type": "mlp", "hidden": [8]})
-
-
-def structured_data(n, seed=0):
-    """Three random binary prototypes with 10% of the pixels flipped: data a 2-D latent fits."""
-    rng = np.random.default_rng(seed)
-    prototypes = np.random.default_rng(123).random((3, *SHAPE)) > 0.5
-    x = prototypes[rng.integers(0, 3, n)]
-    return np.where(rng.random(x.shape) < 0.1, ~x, x).astype("float32")
+structured_data = functools.partial(variant_helpers.structured_data, shape=SHAPE)
+twin = functools.partial(variant_helpers.twin, config=TINY)
 
 
 X = structured_data(8, seed=1)
-
-
-def twin(cls, reference, **kwargs):
-    """A `cls` model with `reference`'s weights (and sampling-stream seed)."""
-    model = cls(**TINY, seed=reference.seed, **kwargs)
-    model.set_weights(reference.get_weights())
-    return model
 
 
 def loss_and_gradients(model, x, seed=None):
