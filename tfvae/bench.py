@@ -236,10 +236,8 @@ def bench_train(images, batch_size, steps, rounds, precision, peak, torch=None, 
             loads.append({"tfvae": load.cores})
             message = f"  train b={batch_size} {precision} round {epoch}/{rounds}: tfvae {rates[-1]:,.0f} ex/s"
             if torch is not None:
-                with OtherLoad() as torch_load:
-                    torch_rates.append(torch.run("train", batch=batch_size, steps=steps))
-                loads[-1]["torch"] = torch_load.cores
-                message += f", torch {torch_rates[-1]:,.0f} ex/s"
+                rate = _reference_round(torch, torch_rates, loads, "train", batch=batch_size, steps=steps)
+                message += f", torch {rate:,.0f} ex/s"
             log(message + _load_note(loads[-1]))
 
     model.fit(training_stream(images, batch_size), epochs=rounds + 1, steps_per_epoch=steps, verbose=0,
@@ -263,10 +261,8 @@ def bench_iwae_eval(model, images, k, batch_size, rounds, peak, torch=None, log=
         loads.append({"tfvae": load.cores})
         message = f"  iwae-eval k={k} round {r + 1}/{rounds}: tfvae {rates[-1]:.1f} ex/s"
         if torch is not None:
-            with OtherLoad() as torch_load:
-                torch_rates.append(torch.run("iwae-eval", k=k, examples=examples))
-            loads[-1]["torch"] = torch_load.cores
-            message += f", torch {torch_rates[-1]:.1f} ex/s"
+            rate = _reference_round(torch, torch_rates, loads, "iwae-eval", k=k, examples=examples)
+            message += f", torch {rate:.1f} ex/s"
         log(message + _load_note(loads[-1]))
     row = _median_row("iwae-eval", {"k": k, "batch_size": batch_size, "examples": examples}, rates,
                       iwae_flops(flops_per_example(model), k), peak, torch_rates, loads)
@@ -288,6 +284,15 @@ def bench_svi(model, images, steps, samples, rounds, peak, log=print):
         log(f"  svi {steps} steps round {r + 1}/{rounds}: {rates[-1]:.1f} ex/s" + _load_note({"tfvae": load.cores}))
     return _median_row("svi", {"steps": steps, "samples": samples, "examples": len(images)}, rates,
                        svi_flops(flops_per_example(model), steps, samples), peak)
+
+
+def _reference_round(torch, rates, loads, mode, **options) -> float:
+    """One PyTorch round after a tfvae round: appends its examples/s to `rates` and the CPU
+    other processes used meanwhile to `loads[-1]` (the tfvae round's entry); returns the rate."""
+    with OtherLoad() as load:
+        rates.append(torch.run(mode, **options))
+    loads[-1]["torch"] = load.cores
+    return rates[-1]
 
 
 def _load_note(loads: dict) -> str:
