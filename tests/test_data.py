@@ -95,7 +95,8 @@ def _indices(batch: np.ndarray, index: dict[bytes, int]) -> np.ndarray:
 
 
 def test_list_and_info():
-    assert data.list_datasets() == ["binarized_mnist", "fashion_mnist", "mnist", "shapes"]
+    assert data.list_datasets() == ["binarized_mnist", "dsprites", "fashion_mnist", "mnist",
+                                    "shapes", "shapes64"]
     meta = data.info("binarized_mnist")
     assert isinstance(meta, data.DatasetInfo)
     assert (meta.shape, meta.splits, meta.binary, meta.num_classes) == (
@@ -104,6 +105,10 @@ def test_list_and_info():
     assert data.info("mnist").default_binarize == "dynamic"
     assert data.info("fashion_mnist").default_binarize is None
     assert data.info("shapes").files == {"train": (), "test": ()}
+    assert meta.factor_names == () and meta.factor_sizes == ()
+    for name in ("shapes", "shapes64", "dsprites"):
+        assert data.info(name).factor_names == ("shape", "scale", "orientation", "pos_x", "pos_y")
+        assert data.info(name).factor_sizes == (3, 6, 40, 32, 32)
     with pytest.raises(dataclasses.FrozenInstanceError):
         meta.name = "other"
 
@@ -506,31 +511,38 @@ def generated():
     return shapes.generate(3000, image_size=64, seed=7)
 
 
+def _named_values(classes):
+    return dict(zip(shapes.FACTOR_NAMES, shapes.factor_values(classes).T))
+
+
 def test_shapes_generation_properties(generated):
-    images, factors = generated
+    images, classes = generated
     assert images.shape == (3000, 64, 64, 1) and images.dtype == np.float32
     assert set(np.unique(images)) == {0.0, 1.0}
     assert images.reshape(3000, -1).sum(axis=1).min() > 0
     border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0],
                              images[:, :, -1]], axis=1)
     assert border.max() == 0  # every shape lies strictly inside the frame
-    assert sorted(factors) == sorted(shapes.FACTOR_NAMES)
-    assert all(len(v) == 3000 for v in factors.values())
+    assert classes.shape == (3000, 5) and classes.dtype == np.int64
+    for k, size in enumerate((3, 6, 40, 32, 32)):  # the dSprites grid
+        assert set(classes[:, k]) == set(range(size)), shapes.FACTOR_NAMES[k]
+    factors = _named_values(classes)
     assert set(factors["shape"]) == {0, 1, 2}
-    assert 0.5 <= factors["scale"].min() and factors["scale"].max() <= 1.0
-    assert 0 <= factors["orientation"].min() and factors["orientation"].max() < 2 * np.pi
+    assert np.allclose(sorted(set(factors["scale"])), [0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    assert factors["orientation"].min() == 0 and factors["orientation"].max() == 2 * np.pi
     for name in ("pos_x", "pos_y"):
-        assert 0 <= factors[name].min() and factors[name].max() <= 1
-    again, factors_again = shapes.generate(3000, image_size=64, seed=7)
+        assert factors[name].min() == 0 and factors[name].max() == 1
+        np.testing.assert_allclose(np.diff(np.unique(factors[name])), 1 / 31)
+    again, classes_again = shapes.generate(3000, image_size=64, seed=7)
     np.testing.assert_array_equal(again, images)
-    for name in factors:
-        np.testing.assert_array_equal(factors_again[name], factors[name])
+    np.testing.assert_array_equal(classes_again, classes)
     assert not np.array_equal(shapes.generate(10, 64, seed=8)[0], images[:10])
 
 
 def test_shapes_match_their_factors(generated):
     """Area, centroid and ellipse axis measured on the pixels agree with the factors."""
-    images, f = generated
+    images, classes = generated
+    f = _named_values(classes)
     size = 64
     pixels = images[..., 0]
     radius = f["scale"] * shapes.MAX_RADIUS * size
@@ -567,8 +579,8 @@ def test_shapes_dataset(tmp_path):
     assert train_y.dtype == np.int64 and set(train_y) == {0, 1, 2}
     for split, (x, y) in {"train": (train_x, train_y), "test": (test_x, test_y)}.items():
         size, seed = registry.SHAPES_SPLITS[split]
-        expected_x, factors = shapes.generate(size, image_size=28, seed=seed)
-        np.testing.assert_array_equal(y, factors["shape"])
+        expected_x, classes = shapes.generate(size, image_size=28, seed=seed)
+        np.testing.assert_array_equal(y, classes[:, 0])
         np.testing.assert_array_equal(x, expected_x)
         assert x.reshape(len(x), -1).sum(axis=1).min() > 0
         assert x[:, [0, -1]].max() == 0 and x[:, :, [0, -1]].max() == 0
