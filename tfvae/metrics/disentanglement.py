@@ -431,6 +431,15 @@ class _PairSource:
         idx = rows[rng.integers(0, rows.size, size=n)]
         return self.factors[idx], self.codes[idx]
 
+    def draw_matching(self, k, values, rng):
+        """One row per entry of ``values``: row l drawn given factor k == values[l]."""
+        idx = np.empty(len(values), dtype=np.int64)
+        for u in np.unique(values):
+            at = np.flatnonzero(values == u)
+            rows = self._rows[k][u]
+            idx[at] = rows[rng.integers(0, rows.size, size=at.size)]
+        return self.factors[idx], self.codes[idx]
+
 
 class _GenerativeSource:
     """Draws factors from ``sample_fn`` and maps them to codes with ``representation_fn``, checking both."""
@@ -468,6 +477,15 @@ class _GenerativeSource:
 
     def draw_given(self, k, value, n, rng):
         f = self._factors(k, value, n, rng)
+        return f, self._codes(f)
+
+    def draw_matching(self, k, values, rng):
+        """One row per entry of ``values``: row l drawn given factor k == values[l]; the factors are drawn
+        value by value, the codes in one call of ``representation_fn``."""
+        f = np.empty((len(values), self.num_factors), dtype=np.int64)
+        for u in np.unique(values):
+            at = np.flatnonzero(values == u)
+            f[at] = self._factors(k, u, at.size, rng)
         return f, self._codes(f)
 
 
@@ -603,10 +621,7 @@ def beta_vae_score(factors=None, codes=None, *, sample_fn=None, representation_f
     def example():
         k = int(rng.integers(source.num_factors))
         f1, z1 = source.draw(batch_size, rng)
-        z2 = np.empty_like(z1)
-        for u in np.unique(f1[:, k]):
-            rows = np.flatnonzero(f1[:, k] == u)
-            z2[rows] = source.draw_given(k, u, rows.size, rng)[1]
+        z2 = source.draw_matching(k, f1[:, k], rng)[1]
         return np.abs(z1 - z2).mean(axis=0), k
 
     def dataset(size):
