@@ -1,4 +1,4 @@
-"""The `tfvae` command: list | train | evaluate | gaps | export | sample | bench.
+"""The `tfvae` command: list | train | evaluate | gaps | export | sample | traverse | bench.
 
 Errors in what the user gave (unknown preset, bad config, missing data file) print one
 line, `tfvae: error: ...`, and exit with status 2, never a traceback.
@@ -47,6 +47,15 @@ def _print_report(report: dict):
     for label, key in rows:
         print(f"  {label:<24} {report[key]:>10.2f} ± {report[key + '_se']:.2f} nats")
     print(f"  {'NLL':<24} {report['nll']:>10.2f} nats  ({report['bits_per_dim']:.4f} bits/dim)")
+    scores = report.get("disentanglement")
+    if scores:
+        print(f"Disentanglement of the encoder means ({scores['examples']} draws of "
+              f"{', '.join(scores['factors'])}):")
+        for label, key in (("MIG", "mig"), ("SAP", "sap"), ("DCI disentanglement", "dci_disentanglement"),
+                           ("DCI completeness", "dci_completeness"), ("DCI informativeness", "dci_informativeness"),
+                           ("FactorVAE score", "factor_vae_score"), ("beta-VAE score", "beta_vae_score")):
+            if key in scores:
+                print(f"  {label:<24} {scores[key]:>10.3f}")
 
 
 def cmd_train(args):
@@ -69,13 +78,11 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    from tfvae.inference import evaluate
-    from tfvae.training.run import load_eval_data, load_run
-    preset, model = load_run(args.run_dir)
-    k = args.k or preset.evaluation.k
-    data = load_eval_data(preset, args.data_dir, examples=args.examples, split=args.split, seed=args.seed)
+    from tfvae.training.run import evaluate_run
     out_path = args.out or os.path.join(args.run_dir, "evaluation.json")
-    report = evaluate(model, data, k=k, seed=args.seed, out_path=out_path)
+    report = evaluate_run(args.run_dir, args.data_dir, k=args.k, examples=args.examples, split=args.split,
+                          seed=args.seed, out_path=out_path, disentanglement=not args.no_disentanglement,
+                          factor_examples=args.factor_examples)
     _print_report(report)
     print(f"Wrote {out_path}")
 
@@ -116,6 +123,16 @@ def cmd_sample(args):
     print(f"Wrote {out}")
 
 
+def cmd_traverse(args):
+    from tfvae.traversal import traverse_run
+    result = traverse_run(args.run_dir, out_dir=args.out, data_dir=args.data_dir, split=args.split,
+                          examples=args.examples, dims=args.dims, num_steps=args.steps, span=args.span,
+                          max_dims=args.max_dims, example=args.example, seed=args.seed, gifs=not args.no_gifs)
+    print("Latent dimensions (KL per dimension, nats): " + ", ".join(
+        f"z{d} {kl:.2f}" for d, kl in result["kl"].items()))
+    print(f"Wrote {result['grid']}" + (f" and {len(result['gifs'])} GIFs beside it" if result["gifs"] else ""))
+
+
 def _add_data_options(p):
     """The evaluation examples' options shared by `evaluate` and `gaps`."""
     p.add_argument("--split", help="data split (default: the preset's evaluation split)")
@@ -153,11 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="a progress bar per step instead of a line per epoch")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="ELBO and importance-sampled log p(x) of a run")
+    p = sub.add_parser("evaluate", help="ELBO and importance-sampled log p(x) of a run, and the "
+                                         "disentanglement metrics on a data set with known factors")
     p.add_argument("run_dir")
     p.add_argument("--k", type=int, help="importance samples per example (default: the preset's)")
     p.add_argument("--examples", type=int, help="examples drawn at random (default: the preset's)")
     _add_data_options(p)
+    p.add_argument("--factor-examples", type=int, default=10000,
+                   help="draws of the generative factors for MIG, SAP and DCI (data sets with factors; default 10000)")
+    p.add_argument("--no-disentanglement", action="store_true",
+                   help="skip the disentanglement metrics of a data set with known factors")
     p.add_argument("--out", help="JSON report path (default: RUN_DIR/evaluation.json)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -191,6 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="PNG path (default: RUN_DIR/samples_seed<SEED>.png)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("traverse", help="latent traversals of a run: a PNG grid and a GIF per latent dimension")
+    p.add_argument("run_dir")
+    p.add_argument("--examples", type=int, default=100,
+                   help="evaluation examples that rank the dimensions by KL (default: 100)")
+    p.add_argument("--example", type=int, default=0, help="the example whose posterior mean is the base code")
+    p.add_argument("--dims", type=int, nargs="+", help="latent dimensions to traverse (default: the highest-KL ones)")
+    p.add_argument("--max-dims", type=int, default=10, help="how many dimensions by default (default: 10)")
+    p.add_argument("--steps", type=int, help="values per dimension (default: 9)")
+    p.add_argument("--span", type=float, help="range: prior mean +- span prior standard deviations (default: 2.5)")
+    p.add_argument("--no-gifs", action="store_true", help="only the PNG grid")
+    _add_data_options(p)
+    p.add_argument("--out", help="output directory (default: RUN_DIR/traversals)")
+    p.set_defaults(func=cmd_traverse)
 
     sub.add_parser("bench", add_help=False,
                    help="throughput of training and evaluation, against the matmul peak and PyTorch "

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 from tfvae.io import atomic_path  # noqa: E402
 
 
-def _tile(images: np.ndarray, columns: int) -> np.ndarray:
+def tile(images: np.ndarray, columns: int) -> np.ndarray:
     """[N, H, W, C] -> one [rows*H, columns*W, C] mosaic with 1-pixel gaps."""
     n, h, w, c = images.shape
     rows = -(-n // columns)
@@ -29,7 +29,7 @@ def save_image_grid(panels: dict[str, np.ndarray], path: str, columns: int = 16,
         images = np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0)
         if images.ndim == 3:
             images = images[..., None]
-        mosaic = _tile(images, min(columns, len(images)))
+        mosaic = tile(images, min(columns, len(images)))
         ax.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap="gray", vmin=0, vmax=1,
                   interpolation="nearest")
         ax.set_title(name, fontsize=9, loc="left")
