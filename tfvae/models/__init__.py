@@ -3,6 +3,7 @@ from tfvae.models.base import BaseVAE
 from tfvae.models.beta_tcvae import BetaTCVAE
 from tfvae.models.beta_vae import BetaVAE
 from tfvae.models.dip_vae import DIPVAE
+from tfvae.models.factor_vae import FactorVAE
 from tfvae.models.hvae2 import HVAE2
 from tfvae.models.iaf import IAF
 from tfvae.models.iwae import IWAE
@@ -11,9 +12,10 @@ from tfvae.models.linear_gaussian import LinearGaussian
 from tfvae.models.mmd import WAEMMD, InfoVAE
 from tfvae.models.mog_prior import MoGPriorVAE
 from tfvae.models.multisample import CIWAE, MIWAE, PIWAE
+from tfvae.models.recon_losses import LogCoshVAE, MSSIMVAE
 from tfvae.models.sa_vae import SAVAE
 from tfvae.models.vae import VAE
 from tfvae.models.vamp import VampVAE
 
-__all__ = ["BaseVAE", "BetaTCVAE", "BetaVAE", "CIWAE", "DIPVAE", "HVAE2", "IAF", "IWAE", "InfoVAE", "LadderVAE",
-           "LinearGaussian", "MIWAE", "MoGPriorVAE", "PIWAE", "SAVAE", "VAE", "VampVAE", "WAEMMD"]
+__all__ = ["BaseVAE", "BetaTCVAE", "BetaVAE", "CIWAE", "DIPVAE", "FactorVAE", "HVAE2", "IAF", "IWAE", "InfoVAE", "LadderVAE",
+           "LinearGaussian", "LogCoshVAE", "MIWAE", "MSSIMVAE", "MoGPriorVAE", "PIWAE", "SAVAE", "VAE", "VampVAE", "WAEMMD"]
