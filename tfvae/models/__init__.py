@@ -14,8 +14,9 @@ from tfvae.models.mog_prior import MoGPriorVAE
 from tfvae.models.multisample import CIWAE, MIWAE, PIWAE
 from tfvae.models.recon_losses import LogCoshVAE, MSSIMVAE
 from tfvae.models.sa_vae import SAVAE
+from tfvae.models.svae import SVAE
 from tfvae.models.vae import VAE
 from tfvae.models.vamp import VampVAE
 
 __all__ = ["BaseVAE", "BetaTCVAE", "BetaVAE", "CIWAE", "DIPVAE", "FactorVAE", "HVAE2", "IAF", "IWAE", "InfoVAE", "LadderVAE",
-           "LinearGaussian", "LogCoshVAE", "MIWAE", "MSSIMVAE", "MoGPriorVAE", "PIWAE", "SAVAE", "VAE", "VampVAE", "WAEMMD"]
+           "LinearGaussian", "LogCoshVAE", "MIWAE", "MSSIMVAE", "MoGPriorVAE", "PIWAE", "SAVAE", "SVAE", "VAE", "VampVAE", "WAEMMD"]
