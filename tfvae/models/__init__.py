@@ -17,6 +17,7 @@ from tfvae.models.sa_vae import SAVAE
 from tfvae.models.svae import SVAE
 from tfvae.models.vae import VAE
 from tfvae.models.vamp import VampVAE
+from tfvae.models.vqvae import VQVAE
 
 __all__ = ["BaseVAE", "BetaTCVAE", "BetaVAE", "CIWAE", "DIPVAE", "FactorVAE", "HVAE2", "IAF", "IWAE", "InfoVAE", "LadderVAE",
-           "LinearGaussian", "LogCoshVAE", "MIWAE", "MSSIMVAE", "MoGPriorVAE", "PIWAE", "SAVAE", "SVAE", "VAE", "VampVAE", "WAEMMD"]
+           "LinearGaussian", "LogCoshVAE", "MIWAE", "MSSIMVAE", "MoGPriorVAE", "PIWAE", "SAVAE", "SVAE", "VAE", "VQVAE", "VampVAE", "WAEMMD"]
