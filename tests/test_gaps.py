@@ -256,3 +256,13 @@ def test_tfvae_gaps_command_writes_the_table_json_and_plot(tmp_path, capsys):
     with pytest.raises(SystemExit):                   # argparse: invalid choice
         main(["gaps", run, "--family", "gauss"])
     assert main(["gaps", str(tmp_path / "missing")]) == 2
+
+
+def test_per_example_inference_refuses_a_latent_off_euclidean_space():
+    from tfvae.models.svae import SVAE
+    model = SVAE(data_shape=(16,), latent_dim=3, encoder={"type": "mlp", "hidden": [8]})
+    x = (np.random.default_rng(0).random((2, 16)) > 0.5).astype("float32")
+    for run in (lambda: optimize_posterior(model, x, steps=2), lambda: point_estimate(model, x, steps=2),
+                lambda: gap_report(model, x, k=2, steps=2)):
+        with pytest.raises(ValueError, match="not Euclidean"):
+            run()

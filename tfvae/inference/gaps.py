@@ -33,7 +33,7 @@ from tfvae.distributions import moments
 from tfvae.inference.families import get_family
 from tfvae.inference.evaluate import mean_and_se
 from tfvae.inference.importance import importance_sampling
-from tfvae.inference.optimize import optimize_posterior
+from tfvae.inference.optimize import check_euclidean_latent, optimize_posterior
 from tfvae.inference.points import laplace_log_likelihood, point_estimate
 from tfvae.inference.refine import refine_posterior
 from tfvae.inference.units import active_units
@@ -117,6 +117,7 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
     families = [get_family(f).name for f in families]
     for name, value in (("k", k), ("eval_k", eval_k), ("batch_size", batch_size)):
         check_count(name, value)
+    check_euclidean_latent(model, "gap_report")
     x = check_batch(x, model.data_shape, "x", model.likelihood.support)
     condition = check_condition(condition, model.condition_dim, x.shape[0])
     n = int(x.shape[0])

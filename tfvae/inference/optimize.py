@@ -64,6 +64,14 @@ def initial_moments(model, x, condition, init: str, seed):
     return zeros, tf.ones_like(zeros)
 
 
+def check_euclidean_latent(model, what: str):
+    """Per-example posteriors (Gaussian, full-covariance, flow) and point estimates search
+    z in R^L; a model whose z lives on a sphere, a simplex or a codebook has no density there."""
+    if not getattr(model, "euclidean_latent", True):
+        raise ValueError(f"{what} fits Gaussian or flow posteriors over R^{model.latent_dim}, but the latent of "
+                         f"model {model.name!r} is not Euclidean (its prior has no density off its support)")
+
+
 def check_init(init):
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
@@ -92,6 +100,7 @@ def optimize_posterior(model, x, family="diag", init: str = "encoder", steps: in
       initial_params: start values for some of the family's parameters, overriding `init`
         for those (e.g. a flow's "loc" and "raw_tril" from a fitted full-covariance q*).
     """
+    check_euclidean_latent(model, "optimize_posterior")
     settings = AscentSettings(steps, learning_rate, tolerance, window, decay, plateaus)
     family = get_family(family)
     check_init(init)

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae.inference.ascent import AscentSettings, adam_ascent, compiled, run_ascent
-from tfvae.inference.optimize import check_init, initial_moments
+from tfvae.inference.optimize import check_euclidean_latent, check_init, initial_moments
 from tfvae.inputs import as_float_tensor, check_batch, check_condition
 
 KINDS = ("map", "ml")
@@ -60,6 +60,7 @@ def point_estimate(model, x, kind: str = "map", init: str = "encoder", steps: in
     (the objective is deterministic here, so the checks are exact)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_euclidean_latent(model, "point_estimate")
     check_init(init)
     settings = AscentSettings(steps, learning_rate, tolerance, window, decay, plateaus)
     x = check_batch(x, model.data_shape, "x", model.likelihood.support)

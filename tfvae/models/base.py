@@ -68,6 +68,10 @@ class BaseVAE(keras.Model):
     """
 
     posterior_family = DiagonalGaussianPosterior
+    # z ranges over R^latent_dim and p(z) has a density there, so the per-example Gaussian and
+    # flow posteriors and the point estimates of `tfvae.inference` apply. False for latents on a
+    # sphere (svae), a simplex (gumbel_vae) or a codebook (vqvae).
+    euclidean_latent = True
 
     def __init__(self, data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,

@@ -193,6 +193,8 @@ class SVAE(BaseVAE):
       Other args as `BaseVAE`. The encoder outputs d + 1 numbers per example.
     """
 
+    euclidean_latent = False
+
     def __init__(self, family: Literal["power_spherical", "von_mises_fisher"] = "power_spherical",
                  data_shape: Sizes = (28, 28, 1), latent_dim: SphereDim = 10,
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,

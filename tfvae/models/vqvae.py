@@ -252,6 +252,8 @@ class VQVAE(BaseVAE):
     are those of the zoo preset `vqvae_bmnist` (which also turns on ema and restarts).
     """
 
+    euclidean_latent = False
+
     def __init__(self, num_latents: PositiveInt = 4, embedding_dim: PositiveInt = 16, codebook_size: PositiveInt = 256,
                  commitment_cost: NonNegativeFloat = 0.25, ema: bool = False, decay: DecayRate = 0.99,
                  epsilon: PositiveFloat = 1e-5, restart_threshold: NonNegativeFloat = 0.0,
