@@ -4,9 +4,11 @@ from tfvae.models.beta_tcvae import BetaTCVAE
 from tfvae.models.beta_vae import BetaVAE
 from tfvae.models.dip_vae import DIPVAE
 from tfvae.models.factor_vae import FactorVAE
+from tfvae.models.gumbel_vae import GumbelVAE
 from tfvae.models.hvae2 import HVAE2
 from tfvae.models.iaf import IAF
 from tfvae.models.iwae import IWAE
+from tfvae.models.joint_vae import JointVAE
 from tfvae.models.ladder import LadderVAE
 from tfvae.models.linear_gaussian import LinearGaussian
 from tfvae.models.mmd import WAEMMD, InfoVAE
@@ -19,5 +21,5 @@ from tfvae.models.vae import VAE
 from tfvae.models.vamp import VampVAE
 from tfvae.models.vqvae import VQVAE
 
-__all__ = ["BaseVAE", "BetaTCVAE", "BetaVAE", "CIWAE", "DIPVAE", "FactorVAE", "HVAE2", "IAF", "IWAE", "InfoVAE", "LadderVAE",
+__all__ = ["BaseVAE", "BetaTCVAE", "BetaVAE", "CIWAE", "DIPVAE", "FactorVAE", "GumbelVAE", "HVAE2", "IAF", "IWAE", "InfoVAE", "JointVAE", "LadderVAE",
            "LinearGaussian", "LogCoshVAE", "MIWAE", "MSSIMVAE", "MoGPriorVAE", "PIWAE", "SAVAE", "SVAE", "VAE", "VQVAE", "VampVAE", "WAEMMD"]
