@@ -159,6 +159,10 @@ def test_fit_config_round_trip_and_export(tmp_path):
     want = model.elbo_terms(X, k=1, seed=[7, 0])
     for name in ("elbo", "log_px_z", "kl"):
         np.testing.assert_allclose(got[name].numpy(), want[name].numpy(), rtol=1e-5, atol=1e-4)
+    # evaluate() draws from the same seed [7, 0] for its single batch: the same log p(x) estimates.
+    report = tfvae.evaluate(model, X, k=16, seed=7, verbose=False, return_per_example=True)
+    np.testing.assert_allclose(report["per_example"]["log_px"], loaded.log_likelihood(X)["log_px"].numpy(),
+                               rtol=1e-5, atol=1e-4)
 
 
 def test_preset_builds_the_variant():

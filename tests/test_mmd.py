@@ -206,3 +206,7 @@ def test_export_elbo_matches_the_python_model(cls, tmp_path):
     for name in ("elbo", "log_px_z", "kl"):
         np.testing.assert_allclose(got[name].numpy(), want[name].numpy(), rtol=1e-5, atol=1e-4)
     assert np.ptp(got["elbo"].numpy()) > 1e-3
+    # evaluate() draws from the same seed [7, 0] for its single batch: the same log p(x) estimates.
+    report = tfvae.evaluate(model, X, k=10, seed=7, verbose=False, return_per_example=True)
+    np.testing.assert_allclose(report["per_example"]["log_px"], loaded.log_likelihood(X)["log_px"].numpy(),
+                               rtol=1e-5, atol=1e-4)
