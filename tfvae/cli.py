@@ -28,16 +28,18 @@ def _key_value(text: str):
 
 def cmd_list(args):
     import tfvae
-    print("Models:")
-    for name in tfvae.list_models():
-        doc = (tfvae.get_model_class(name).__doc__ or "").strip().split("\n\n")[0]
-        print(f"  {name:<18} {' '.join(doc.split())}")      # the docstring's first paragraph
-    print("Presets:")
-    for name, summary in tfvae.list_presets().items():
-        print(f"  {name:<18} {summary}")
-    print("Data sets:")
-    for name in tfvae.data.list_datasets():
-        print(f"  {name:<18} {tfvae.data.info(name).description.strip().splitlines()[0]}")
+    sections = {
+        "Models": {name: (tfvae.get_model_class(name).__doc__ or "").strip().split("\n\n")[0]  # first paragraph
+                   for name in tfvae.list_models()},
+        "Presets": tfvae.list_presets(),
+        "Data sets": {name: tfvae.data.info(name).description.strip().splitlines()[0]
+                      for name in tfvae.data.list_datasets()},
+    }
+    width = max(len(name) for rows in sections.values() for name in rows) + 1
+    for title, rows in sections.items():
+        print(f"{title}:")
+        for name, text in rows.items():
+            print(f"  {name:<{width}} {' '.join(text.split())}")
 
 
 def _print_report(report: dict):
