@@ -134,7 +134,7 @@ def test_concatenated_latents_sum_the_parts(relaxed):
     assert isinstance(categorical, RelaxedOneHotProduct if relaxed else OneHotProduct)
     z, log_q = q.experimental_sample_and_log_prob(3, seed=[5, 6])
     np.testing.assert_allclose(log_q, gaussian.log_prob(z[..., :2]) + categorical.log_prob(z[..., 2:]), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(q.log_prob(z), log_q, rtol=1e-5)
+    np.testing.assert_allclose(q.log_prob(z), log_q, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(z[..., 2:5].numpy().sum(-1), 1.0, rtol=1e-5)
     want_prior = -0.5 * (z[..., :2].numpy() ** 2).sum(-1) - np.log(2 * np.pi) - np.log(12)   # N(0, I) x uniforms
     if not relaxed:
