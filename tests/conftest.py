@@ -22,3 +22,13 @@ def shared_data():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """An empty download cache and no proxy: downloads can reach only 127.0.0.1. The data tests
+    use it for every test (`pytestmark = pytest.mark.usefixtures("isolated_cache")`)."""
+    monkeypatch.setenv("TFVAE_CACHE_DIR", str(tmp_path / "cache"))
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "*")

@@ -39,13 +39,7 @@ def _shared(sub: str) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    """Every test gets an empty cache and no proxy (downloads stay on 127.0.0.1)."""
-    monkeypatch.setenv("TFVAE_CACHE_DIR", str(tmp_path / "cache"))
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "*")
+pytestmark = pytest.mark.usefixtures("isolated_cache")   # empty cache, no proxy
 
 
 @pytest.fixture(scope="module")

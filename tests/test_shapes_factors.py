@@ -19,13 +19,7 @@ from tfvae.metrics import factor_vae_score, grid_sample_fn, mig
 SIZES = (3, 6, 40, 32, 32)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    """An empty cache and no proxy: nothing can be downloaded."""
-    monkeypatch.setenv("TFVAE_CACHE_DIR", str(tmp_path / "cache"))
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "*")
+pytestmark = pytest.mark.usefixtures("isolated_cache")   # empty cache, no proxy
 
 
 def _one(shape, scale, orientation, pos_x, pos_y, size=64) -> np.ndarray:

@@ -22,3 +22,32 @@ def twin(cls, reference, config, **kwargs):
     model = cls(**config, seed=reference.seed, **kwargs)
     model.set_weights(reference.get_weights())
     return model
+
+
+def perturb(model, scale=0.5, seed=2):
+    """`model` with every trainable weight moved by N(0, scale^2) noise from `seed`, away from
+    the initialisation (varied posteriors, confident logits); returns the model."""
+    for v in model.trainable_variables:
+        v.assign(v + np.random.default_rng(seed).normal(0, scale, v.shape).astype("float32"))
+    return model
+
+
+def export_and_check(model, directory, x, k, seed=7, max_samples=5):
+    """Exports `model` with `k` importance samples, reloads the SavedModel and checks two of its
+    endpoints against the Python model: `elbo` against `elbo_terms(x, 1, seed=[seed, 0])` (the
+    export's fixed seed), and `log_likelihood` against `tfvae.evaluate(..., seed=seed)`, whose one
+    batch draws from the same seed. Returns the loaded SavedModel for further checks."""
+    import tensorflow as tf
+
+    import tfvae
+    path = tfvae.export(model, directory, k=k, max_samples=max_samples, seed=seed, verbose=False)
+    loaded = tf.saved_model.load(path)
+    got, want = loaded.elbo(x), model.elbo_terms(x, k=1, seed=[seed, 0])
+    for name in ("elbo", "log_px_z", "kl"):
+        np.testing.assert_allclose(got[name].numpy(), want[name].numpy(), rtol=1e-5, atol=1e-4)
+    assert np.ptp(got["elbo"].numpy()) > 1e-3, "the examples' ELBOs should differ"
+    log_px = loaded.log_likelihood(x)["log_px"].numpy()
+    assert np.all(np.isfinite(log_px))
+    report = tfvae.evaluate(model, x, k=k, seed=seed, batch_size=len(x), verbose=False, return_per_example=True)
+    np.testing.assert_allclose(log_px, report["per_example"]["log_px"], rtol=1e-5, atol=1e-4)
+    return loaded
