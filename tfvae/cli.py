@@ -68,6 +68,8 @@ def cmd_train(args):
                                       kl_warmup_epochs=args.kl_warmup_epochs).items() if v is not None}
     if args.jit_compile:
         training["jit_compile"] = True
+    if args.deterministic:
+        training["deterministic"] = True
     evaluation = {k: v for k, v in dict(k=args.eval_k, examples=args.eval_examples).items() if v is not None}
     out = train(args.preset, out=args.out, data_dir=args.data_dir, model=dict(args.set or []), training=training,
                 evaluation=evaluation, weights=args.weights, evaluate_after=not args.no_eval,
@@ -160,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-epoch", type=int, help="limit each epoch to this many steps")
     p.add_argument("--steps-per-execution", type=int, help="training steps per compiled call")
     p.add_argument("--jit-compile", action="store_true", help="compile the steps with XLA")
+    p.add_argument("--deterministic", action="store_true",
+                   help="enable TensorFlow op determinism: the same seed gives bit-identical weights "
+                        "(slower; on a GPU, ops without a deterministic kernel raise)")
     p.add_argument("--kl-warmup-epochs", type=int, help="ramp the KL weight from 0 to 1 over this many epochs")
     p.add_argument("--data-dir", help="directory holding the data set's files (else the download cache)")
     p.add_argument("--out", help="run directory (default: runs/<preset>_<timestamp>)")

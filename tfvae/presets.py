@@ -57,7 +57,10 @@ class TrainingSection:
     and restore the best weights. steps_per_execution: training steps per compiled call
     (10 by default: it saved 10-20% of the time per step on a 2-core CPU by calling into
     the graph, the callbacks and the metrics once per 10 steps; see docs/performance.md).
-    The KL warm-up then ramps its weight once per call."""
+    The KL warm-up then ramps its weight once per call. deterministic: also enable
+    TensorFlow's op determinism, for bit-identical runs from one seed (process-global and
+    one-way; on a GPU, ops without a deterministic kernel raise; see `tfvae.training.train`).
+    Every run is seeded with `seed` either way."""
 
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 100
@@ -72,6 +75,7 @@ class TrainingSection:
     steps_per_execution: PositiveInt = 10
     jit_compile: bool = False
     seed: int = 0
+    deterministic: bool = False
     image_every: NonNegativeInt = 1
 
 

@@ -1,4 +1,9 @@
-"""Keras callbacks for VAE training runs."""
+"""Keras callbacks for VAE training runs.
+
+Never losing work: `StopOnNonFinite` stops a diverging run at the first compiled call whose
+loss is NaN or infinite and raises `TrainingDiverged`, and `Checkpoints` never writes
+non-finite weights, so the run directory keeps the weights of the last finite epoch.
+"""
 from __future__ import annotations
 
 import math
@@ -35,6 +40,71 @@ def learning_rate_schedule(schedule: str, base: float):
     raise ValueError(f"unknown learning-rate schedule {schedule!r}; known: constant, burda")
 
 
+class TrainingDiverged(ValueError, FloatingPointError):
+    """Training produced a NaN or infinite loss. A ValueError, so `tfvae train` prints it as
+    one line (`tfvae: error: ...`, exit status 2); also a FloatingPointError, what `train`
+    raised for a diverged run before."""
+
+
+DIVERGENCE_HINTS = ("Likely causes: a learning rate too high (lower learning_rate), a likelihood scale "
+                    "too small (e.g. a fixed gaussian scale, or a learned one without a floor), or "
+                    "no gradient clipping (set clipnorm in the training section, e.g. clipnorm: 1.0)")
+
+
+def non_finite_weights(model) -> list[str]:
+    """Paths of the model's variables that hold a NaN or an infinity (empty if none)."""
+    def finite(value):
+        value = np.asarray(value)
+        if value.dtype.kind != "f":          # bfloat16 (an ml_dtypes type): widen losslessly
+            value = value.astype(np.float32)
+        return np.isfinite(value).all()
+
+    return [w.path for w in model.weights if keras.backend.is_float_dtype(w.dtype) and not finite(w.numpy())]
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training at the first compiled call whose loss is NaN or infinite and raises
+    `TrainingDiverged`, naming the epoch and the steps, with the likely causes.
+
+    Keras reports the loss once per compiled call (`steps_per_execution` steps), so the
+    error names the range of steps of that call. The loss in the logs is the epoch's
+    running mean, which stays non-finite once one step's loss was. The error is raised at
+    once, from inside `fit`: no later callback runs (in particular `Checkpoints` never
+    sees the diverged weights), and `fit` does not return.
+
+    Args:
+      weights_path: named in the message as the file that still holds the last finite
+        weights (the previous epoch's), if any.
+    """
+
+    def __init__(self, weights_path: str | None = None, monitor: str = "loss"):
+        super().__init__()
+        self.weights_path, self.monitor = weights_path, monitor
+        self.epoch, self.begin_step = 0, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.begin_step = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or np.isfinite(float(value)):
+            return
+        self.model.stop_training = True
+        steps = self.params.get("steps")
+        where = (f"step {batch + 1}" if batch == self.begin_step
+                 else f"steps {self.begin_step + 1}-{batch + 1}")
+        where += f" of epoch {self.epoch + 1}" + (f" ({steps} steps per epoch)" if steps else "")
+        kept = ""
+        if self.weights_path:
+            kept = (f"; {self.weights_path} keeps the weights of the last epoch that ended finite"
+                    if os.path.isfile(self.weights_path) else "; no epoch ended finite, so no weights were saved")
+        raise TrainingDiverged(f"training diverged: the {self.monitor} became {float(value)} at {where}{kept}. "
+                               f"{DIVERGENCE_HINTS}")
+
+
 class KLWarmup(keras.callbacks.Callback):
     """Ramps the model's `kl_weight` linearly from 0 to 1 over the first `epochs` epochs
     (Bowman et al. 2016; Sønderby et al. 2016), set before every compiled call of the
@@ -65,7 +135,8 @@ class KLWarmup(keras.callbacks.Callback):
 class Checkpoints(keras.callbacks.Callback):
     """Saves the last weights every epoch and the best ones (lowest `monitor`), atomically:
     a crash while saving leaves the previous file intact. An epoch that ends with a
-    non-finite loss (a diverged model) is not saved, so both files keep finite weights."""
+    non-finite loss, or with a NaN or infinity in any weight (a diverged model), is not
+    saved, so both files keep finite weights."""
 
     def __init__(self, last_path: str, best_path: str, monitor: str = "val_loss"):
         super().__init__()
@@ -79,7 +150,7 @@ class Checkpoints(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        if not np.isfinite(logs.get("loss", 0.0)):
+        if not np.isfinite(logs.get("loss", 0.0)) or non_finite_weights(self.model):
             return
         self._save(self.last_path)
         value = logs.get(self.monitor, logs.get("loss"))

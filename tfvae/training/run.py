@@ -19,6 +19,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 import yaml
 
 from tfvae import data as datasets
@@ -28,7 +29,8 @@ from tfvae.inference.evaluate import evaluate
 from tfvae.io import atomic_write_text
 from tfvae.presets import (CONFIG_FILE, WEIGHTS_FILE, EvaluationSection, Preset, TrainingSection,
                            build_model, compile_model, from_preset, load_preset, load_weights)
-from tfvae.training.callbacks import Checkpoints, ImageGrid, KLWarmup, learning_rate_schedule
+from tfvae.training.callbacks import (DIVERGENCE_HINTS, Checkpoints, ImageGrid, KLWarmup, StopOnNonFinite,
+                                      TrainingDiverged, learning_rate_schedule)
 from tfvae.version import versions
 
 BEST_WEIGHTS_FILE = "best.weights.h5"
@@ -96,12 +98,30 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
       evaluate_after: run `evaluate` on the evaluation split at the end.
       protocol: "short" (the preset's CPU recipe) or "paper" (the published protocol of
         its paper section; often days of training).
+
+    Every run seeds Python, NumPy, TensorFlow and Keras with the training section's `seed`
+    before building the data pipeline and the model. With `deterministic: true` it also
+    calls `tf.config.experimental.enable_op_determinism()`, so that the same seed gives
+    bit-identical weights run after run on the same machine and versions. That switch is
+    process-global and cannot be turned off again (TensorFlow has no call for it): later
+    models in the same process also run deterministically (often slower; unseeded random
+    ops raise). On a GPU, ops without a deterministic kernel then raise an error instead
+    of running.
+
+    Raises:
+      TrainingDiverged (a ValueError): the loss became NaN or infinite; training stops at
+        once and model.weights.h5 keeps the weights of the last epoch that ended finite.
     """
     preset = resolve_preset(preset, model, training, evaluation, protocol)
     t = preset.training
     out = out or default_run_dir(preset.name)
     if os.path.exists(os.path.join(out, CONFIG_FILE)):
         raise ValueError(f"{out} already holds a run; choose another --out")
+    if t.deterministic:
+        # Process-global and one-way: TensorFlow has no call that turns it off again.
+        tf.config.experimental.enable_op_determinism()
+    # Seeds Python's, NumPy's and TensorFlow's global generators (and so Keras' initializers and
+    # the model's sampling SeedGenerator) before the data pipeline and the model are built.
     keras.utils.set_random_seed(t.seed)
 
     # Data and model first: a bad data dir or config must not leave a half-made run directory.
@@ -119,7 +139,7 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
     grid_batch = next(iter(load_eval_data(preset, data_dir, examples=16, batch_size=16, seed=t.seed)))
     grid_x, grid_condition = vae.unpack(grid_batch)
     checkpoints = Checkpoints(os.path.join(out, WEIGHTS_FILE), os.path.join(out, BEST_WEIGHTS_FILE))
-    callbacks = [keras.callbacks.TerminateOnNaN(), checkpoints,
+    callbacks = [StopOnNonFinite(os.path.join(out, WEIGHTS_FILE)), checkpoints,
                  keras.callbacks.CSVLogger(os.path.join(out, "history.csv")),
                  ImageGrid(grid_x, os.path.join(out, "images"), grid_condition, every=t.image_every, seed=t.seed)]
     if t.kl_warmup_epochs:
@@ -138,9 +158,9 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
     train_seconds = time.perf_counter() - start
     final = {k: float(v[-1]) for k, v in history.history.items()}
     if not all(np.isfinite(v) for v in final.values()):
-        raise FloatingPointError(
+        raise TrainingDiverged(
             f"training diverged (non-finite metrics {final}); {os.path.join(out, WEIGHTS_FILE)} holds the "
-            f"weights of the last epoch that ended finite, if any. Try a lower learning_rate or clipnorm.")
+            f"weights of the last epoch that ended finite, if any. {DIVERGENCE_HINTS}")
 
     metadata = {"preset": preset.name, "protocol": protocol, "dataset": preset.data.name, "seed": t.seed, "epochs": len(history.epoch),
                 "train_seconds": train_seconds, "best_epoch": checkpoints.best_epoch,
