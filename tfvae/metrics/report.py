@@ -59,7 +59,7 @@ def disentanglement_report(model, source, examples: int = 10000, metrics=METRICS
     Args:
       model: a model on the tfvae contract whose data shape matches the source's images.
       source: a factor source (`tfvae.data.factor_source(name)`): `.names`, `.sizes`,
-        `.sample(factor_index, value, n, rng)`, `.images(classes)`.
+        `.image_shape`, `.sample(factor_index, value, n, rng)`, `.images(classes)`.
       examples: N, the unconditional draws for MIG, SAP and DCI.
       metrics: any of "mig", "sap", "dci", "factor_vae", "beta_vae".
       seed: the same seed gives the same numbers.
@@ -76,13 +76,13 @@ def disentanglement_report(model, source, examples: int = 10000, metrics=METRICS
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown disentanglement metric(s) {unknown}; choose from {list(METRICS)}")
-    image_shape = tuple(source.images(np.zeros((1, len(source.sizes)), np.int64)).shape[1:])
-    if int(np.prod(image_shape)) != int(np.prod(model.data_shape)):
+    if int(np.prod(source.image_shape)) != int(np.prod(model.data_shape)):
         raise ValueError(f"the model takes examples of shape {tuple(model.data_shape)}, but the factor "
-                         f"data set's images have shape {image_shape}")
+                         f"data set's images have shape {tuple(source.image_shape)}")
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     report = {"factors": list(source.names), "examples": int(examples)}
+    represent = representation_fn(model, source)
     per_factor = {}
 
     def timed(name, fn):
@@ -94,7 +94,7 @@ def disentanglement_report(model, source, examples: int = 10000, metrics=METRICS
 
     if {"mig", "sap", "dci"} & set(metrics):
         factors = source.sample(None, None, examples, rng)
-        codes = timed("encode", lambda: representation_fn(model, source)(factors))
+        codes = timed("encode", lambda: represent(factors))
         if "mig" in metrics:
             out = timed("MIG", lambda: mig(factors, codes, rng=rng))
             report["mig"], per_factor["mig"] = out["mig"], out["per_factor"].tolist()
@@ -105,7 +105,7 @@ def disentanglement_report(model, source, examples: int = 10000, metrics=METRICS
             out = timed("DCI", lambda: dci(factors, codes, rng=rng))
             for part in ("disentanglement", "completeness", "informativeness"):
                 report[f"dci_{part}"] = out[part]
-    scores = dict(sample_fn=source.sample, representation_fn=representation_fn(model, source),
+    scores = dict(sample_fn=source.sample, representation_fn=represent,
                   batch_size=score_batch_size, num_train=score_train, num_eval=score_eval)
     if "factor_vae" in metrics:
         report["factor_vae_score"] = timed("FactorVAE score", lambda: factor_vae_score(
