@@ -143,7 +143,7 @@ def test_gamma_zero_is_the_vae_loss_and_gradient():
     perturb(model, seed=4)
     vae = vae_twin(model)
     steps = []
-    for m, variables in ((vae, vae.trainable_variables), (model, model.vae_variables)):
+    for m, variables in ((vae, vae.trainable_variables), (model, model.optimized_variables)):
         with tf.GradientTape() as tape:           # each model's own seed stream: the same draws
             loss = m.objective(X, training=True)
         steps.append((loss.numpy(), tape.gradient(loss, variables)))
@@ -167,7 +167,7 @@ def changed(before, variables):
 def test_each_optimizer_updates_only_its_own_network(vae_rate, disc_rate):
     model = FactorVAE(**TINY, gamma=5.0, discriminator_learning_rate=disc_rate, seed=1)
     model.compile(optimizer=keras.optimizers.Adam(vae_rate))
-    vae_vars, disc_vars = model.vae_variables, model.discriminator.trainable_variables
+    vae_vars, disc_vars = model.optimized_variables, model.discriminator.trainable_variables
     assert len(vae_vars) + len(disc_vars) == len(model.trainable_variables)
     vae_before, disc_before = snapshot(vae_vars), snapshot(disc_vars)
     metrics = model.train_step(X)

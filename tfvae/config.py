@@ -57,7 +57,7 @@ class Field:
 
 
 def fields_of(target) -> list[Field]:
-    """The typed fields of a dataclass, or the keyword parameters of a callable/class."""
+    """The typed fields of a dataclass, or the keyword parameters of a callable or a class."""
     if dataclasses.is_dataclass(target):
         hints = typing.get_type_hints(target, include_extras=True)
         out = []
@@ -67,12 +67,29 @@ def fields_of(target) -> list[Field]:
                 default = f.default_factory()
             out.append(Field(f.name, hints[f.name], default))
         return out
-    function = target.__init__ if inspect.isclass(target) else target
+    if not inspect.isclass(target):
+        return _parameters(target, set())
+    # A class's fields: its __init__'s, and where that takes **kwargs and hands them to
+    # super().__init__ (a variant's `**base`), those of the next __init__ up the MRO that it
+    # does not declare itself, and so on until an __init__ without **kwargs.
+    out, seen = [], set()
+    for klass in target.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        out += _parameters(klass.__init__, seen)
+        if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(klass.__init__).parameters.values()):
+            break
+    return out
+
+
+def _parameters(function, seen: set) -> list[Field]:
+    """The named parameters of `function` (not self, *args, **kwargs) not in `seen`; adds them to it."""
     hints = typing.get_type_hints(function, include_extras=True)
     out = []
     for p in inspect.signature(function).parameters.values():
-        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in seen:
             continue
+        seen.add(p.name)
         out.append(Field(p.name, hints.get(p.name, Any), p.default))
     return out
 

@@ -65,6 +65,10 @@ class BaseVAE(keras.Model):
         any distribution is built, so every log-probability, KL and bound is float32. Pays
         on hardware with bfloat16 matmuls (recent x86 with AVX512-BF16 or AMX, TPUs,
         Ampere+ GPUs); see docs/performance.md.
+
+    A variant's constructor declares its own arguments and hands the rest on as `**base`
+    (`super().__init__(**base)`); `tfvae.config.validate` reads that `**base` as these
+    arguments, so configs are checked against one list of them.
     """
 
     posterior_family = DiagonalGaussianPosterior
@@ -300,6 +304,12 @@ class BaseVAE(keras.Model):
         of_encoder = iter(tape.gradient(encoder_loss, [v for v, e in zip(variables, is_encoder) if e]))
         of_rest = iter(tape.gradient(generative_loss, [v for v, e in zip(variables, is_encoder) if not e]))
         return [next(of_encoder) if e else next(of_rest) for e in is_encoder]
+
+    @property
+    def optimized_variables(self) -> list:
+        """The variables `self.optimizer` updates in `train_step`: all trainable ones here; a
+        variant whose step trains some of them with a second optimizer narrows the list."""
+        return self.trainable_variables
 
     def train_step(self, data):
         x, condition = self.unpack(data)

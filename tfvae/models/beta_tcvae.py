@@ -46,14 +46,12 @@ variant's `posterior_family`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Literal
 
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import NonNegativeFloat, NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.config import NonNegativeFloat, PositiveInt, validate
 from tfvae.models.base import BaseVAE
 from tfvae.registry import register
 
@@ -95,18 +93,11 @@ class BetaTCVAE(BaseVAE):
       Other args as `BaseVAE`.
     """
 
-    def __init__(self, alpha: NonNegativeFloat = 1.0, beta: NonNegativeFloat = 6.0,
-                 gamma: NonNegativeFloat = 1.0, dataset_size: PositiveInt = 50_000,
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+    def __init__(self, alpha: NonNegativeFloat = 1.0, beta: NonNegativeFloat = 6.0, gamma: NonNegativeFloat = 1.0,
+                 dataset_size: PositiveInt = 50_000, **base):
         args = validate(BetaTCVAE, dict(alpha=alpha, beta=beta, gamma=gamma, dataset_size=dataset_size),
                         "model 'beta_tcvae'", fill_defaults=False)
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(**base)
         self.alpha, self.beta, self.gamma = args["alpha"], args["beta"], args["gamma"]
         self.dataset_size = args["dataset_size"]
 

@@ -14,12 +14,9 @@ warm-up callback's ramp, 1 otherwise) multiplies the KL penalty of either form.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
-
 import tensorflow as tf
 
-from tfvae.config import NonNegativeFloat, NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.config import NonNegativeFloat, PositiveInt, validate
 from tfvae.models.base import BaseVAE
 from tfvae.registry import register
 
@@ -40,17 +37,10 @@ class BetaVAE(BaseVAE):
     """
 
     def __init__(self, beta: NonNegativeFloat = 4.0, capacity: NonNegativeFloat | None = None,
-                 capacity_steps: PositiveInt = 100_000, gamma: NonNegativeFloat = 1000.0,
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+                 capacity_steps: PositiveInt = 100_000, gamma: NonNegativeFloat = 1000.0, **base):
         args = validate(BetaVAE, dict(beta=beta, capacity=capacity, capacity_steps=capacity_steps, gamma=gamma),
                         "model 'beta_vae'", fill_defaults=False)
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(**base)
         self.beta, self.capacity = args["beta"], args["capacity"]
         self.capacity_steps, self.gamma = args["capacity_steps"], args["gamma"]
 

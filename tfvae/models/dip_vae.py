@@ -20,12 +20,11 @@ covariance: the expectations of the paper are over p(x), estimated by batch mean
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
 import tensorflow as tf
 
-from tfvae.config import NonNegativeFloat, NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.config import NonNegativeFloat, validate
 from tfvae.distributions import moments
 from tfvae.models.base import BaseVAE
 from tfvae.registry import register
@@ -82,17 +81,10 @@ class DIPVAE(BaseVAE):
     """
 
     def __init__(self, dip_type: Literal["i", "ii"] = "ii", lambda_od: NonNegativeFloat = 10.0,
-                 lambda_d: NonNegativeFloat = 10.0,
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+                 lambda_d: NonNegativeFloat = 10.0, **base):
         args = validate(DIPVAE, dict(dip_type=dip_type, lambda_od=lambda_od, lambda_d=lambda_d),
                         "model 'dip_vae'", fill_defaults=False)
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(**base)
         self.dip_type, self.lambda_od, self.lambda_d = args["dip_type"], args["lambda_od"], args["lambda_d"]
 
     def get_config(self):

@@ -36,13 +36,12 @@ VAE's; `fit` also reports `tc` (mean_b s(z_b)), `disc_loss` and `disc_accuracy`.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated
 
 import keras
 import tensorflow as tf
 
-from tfvae.config import ALL_POSITIVE, Check, NonNegativeFloat, NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.config import ALL_POSITIVE, Check, NonNegativeFloat, validate
 from tfvae.models.base import BaseVAE, as_seed
 from tfvae.optimizers import FusedAdam
 from tfvae.registry import register
@@ -116,7 +115,7 @@ class FactorVAE(BaseVAE):
         loss = -E_q[log p(x|z)] + KL(q(z|x) || p(z)) + gamma * mean_b s(z_b)
 
     Two optimizers in one `train_step`: the compiled optimizer (`model.compile`) updates the
-    VAE's variables (`vae_variables`: encoder, decoder, likelihood) on the loss above; the
+    VAE's variables (`optimized_variables`: encoder, decoder, likelihood) on the loss above; the
     model's own `discriminator_optimizer`, created and built with the model (so that it
     exists before any compiled step and is saved with the weights), updates D on its
     cross-entropy. D is excluded from the VAE's update and z is cut from D's loss.
@@ -132,21 +131,14 @@ class FactorVAE(BaseVAE):
     """
 
     def __init__(self, gamma: NonNegativeFloat = 35.0, discriminator_hidden: HiddenSizes = (256, 256),
-                 discriminator_learning_rate: NonNegativeFloat = 1e-4,
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+                 discriminator_learning_rate: NonNegativeFloat = 1e-4, **base):
         args = validate(FactorVAE, dict(gamma=gamma, discriminator_hidden=discriminator_hidden,
                                         discriminator_learning_rate=discriminator_learning_rate),
                         "model 'factor_vae'", fill_defaults=False)
         self.gamma = args["gamma"]
         self.discriminator_learning_rate = args["discriminator_learning_rate"]
         self._discriminator_hidden = list(args["discriminator_hidden"])
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(**base)
 
     def build_variant(self):
         """D, its optimizer (built on D's variables now: a Keras optimizer creates its slots on
@@ -163,7 +155,7 @@ class FactorVAE(BaseVAE):
                 "discriminator_learning_rate": self.discriminator_learning_rate}
 
     @property
-    def vae_variables(self) -> list:
+    def optimized_variables(self) -> list:
         """The trainable variables the VAE loss updates: all but the discriminator's."""
         excluded = {id(v) for v in self.discriminator.trainable_variables}
         return [v for v in self.trainable_variables if id(v) not in excluded]
@@ -205,7 +197,7 @@ class FactorVAE(BaseVAE):
     def train_step(self, data):
         x, condition = self.unpack(data)
         z_seed, permutation_seed = self._seeds()
-        variables = self.vae_variables
+        variables = self.optimized_variables
         with tf.GradientTape() as tape:
             loss, terms, z = self.loss_terms_and_z(x, condition, training=True, seed=z_seed)
             total = loss + tf.add_n(self.losses) if self.losses else loss

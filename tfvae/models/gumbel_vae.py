@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping
 from typing import Annotated, Literal
 
 import keras
@@ -68,8 +67,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import (Check, ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Sizes,
-                          validate)
+from tfvae.config import (Check, ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, validate)
 from tfvae.models.base import BaseVAE
 from tfvae.registry import register
 
@@ -368,13 +366,8 @@ class GumbelVAE(RelaxedLatentVAE):
 
     def __init__(self, num_latents: PositiveInt = 30, categories: Categories = 10, tau0: PositiveFloat = 1.0,
                  tau_min: PositiveFloat = 0.5, anneal_rate: NonNegativeFloat = 3e-5,
-                 evaluate_as: EvaluateAs = "discrete",
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt | None = None,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
-        where = f"model {name or 'gumbel_vae'!r}"
+                 evaluate_as: EvaluateAs = "discrete", latent_dim: PositiveInt | None = None, **base):
+        where = f"model {base.get('name') or 'gumbel_vae'!r}"
         args = validate(GumbelVAE, dict(num_latents=num_latents, categories=categories, tau0=tau0, tau_min=tau_min,
                                         anneal_rate=anneal_rate, evaluate_as=evaluate_as, latent_dim=latent_dim),
                         where, fill_defaults=False)
@@ -384,9 +377,7 @@ class GumbelVAE(RelaxedLatentVAE):
             raise ConfigError(f"{where}: 'latent_dim' is num_latents * categories = {size}, got {latent_dim!r} "
                               f"(leave it out)")
         self._set_latent_settings(args["tau0"], args["tau_min"], args["anneal_rate"], args["evaluate_as"], where)
-        super().__init__(data_shape=data_shape, latent_dim=size, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(latent_dim=size, **base)
 
     @property
     def category_sizes(self) -> tuple[int, ...]:

@@ -17,10 +17,7 @@ The encoder body (`encoder`) gives q(z1|x)'s parameters, the decoder body p(x|z1
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
-
-from tfvae.config import NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.config import PositiveInt, Sizes, validate
 from tfvae.distributions import DiagonalGaussianPosterior
 from tfvae.models.hierarchy import GaussianMLP, TwoLayerVAE, TwoLevelChain, resolve_latent_dims
 from tfvae.nets.mlp import check_activation
@@ -39,14 +36,9 @@ class HVAE2(TwoLayerVAE):
       stochastic_activation: their activation.
     """
 
-    def __init__(self, data_shape: Sizes = (28, 28, 1), latent_dims: Sizes = (100, 50),
-                 latent_dim: PositiveInt | None = None, encoder: str | Mapping = "mlp",
-                 decoder: str | Mapping | None = None, stochastic_hidden: Sizes = (100, 100),
-                 stochastic_activation: str = "tanh", likelihood: str | Mapping = "bernoulli",
-                 condition_dim: NonNegativeInt = 0, kl: Literal["analytic", "monte_carlo"] = "analytic",
-                 seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
-        where = f"model {name or 'hvae2'!r}"
+    def __init__(self, latent_dims: Sizes = (100, 50), latent_dim: PositiveInt | None = None,
+                 stochastic_hidden: Sizes = (100, 100), stochastic_activation: str = "tanh", **base):
+        where = f"model {base.get('name') or 'hvae2'!r}"
         args = validate(HVAE2, dict(latent_dims=latent_dims, latent_dim=latent_dim,
                                     stochastic_hidden=stochastic_hidden,
                                     stochastic_activation=stochastic_activation), where)
@@ -54,9 +46,7 @@ class HVAE2(TwoLayerVAE):
         check_activation(args["stochastic_activation"])
         self._set_hierarchy_config(dims, stochastic_hidden=list(args["stochastic_hidden"]),
                                    stochastic_activation=args["stochastic_activation"])
-        super().__init__(data_shape=data_shape, latent_dim=total, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(latent_dim=total, **base)
 
     def build_variant(self):
         """q(z2|z1) (`bottom_up`) and p(z1|z2) (`top_down`, mirrored widths); none for one layer."""

@@ -45,7 +45,6 @@ T times per draw on this path; the inverse runs it T (L + 1) times.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Literal
 
 import keras
@@ -53,7 +52,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.config import NonNegativeInt, Sizes, validate
 from tfvae.distributions import positive_scale
 from tfvae.models.base import BaseVAE
 from tfvae.nets.mlp import check_activation
@@ -229,20 +228,12 @@ class IAF(BaseVAE):
       gate_bias: added to s before the sigmoid of the "gated" update.
     """
 
-    def __init__(self, data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32",
-                 flow_steps: NonNegativeInt = 2, made_hidden: Sizes = (320, 320), made_activation: str = "elu",
+    def __init__(self, flow_steps: NonNegativeInt = 2, made_hidden: Sizes = (320, 320), made_activation: str = "elu",
                  context_dim: NonNegativeInt = 50, update: Literal["gated", "affine"] = "gated",
-                 gate_bias: float = 2.0, name: str | None = None):
-        args = validate(IAF, dict(
-            data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-            likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-            precision=precision, flow_steps=flow_steps,
-            made_hidden=made_hidden, made_activation=made_activation, context_dim=context_dim,
-            update=update, gate_bias=gate_bias, name=name), f"model {name or 'iaf'!r}")
+                 gate_bias: float = 2.0, **base):
+        args = validate(IAF, dict(flow_steps=flow_steps, made_hidden=made_hidden, made_activation=made_activation,
+                                  context_dim=context_dim, update=update, gate_bias=gate_bias),
+                        "model 'iaf'", fill_defaults=False)
         if not math.isfinite(args["gate_bias"]):
             raise ValueError(f"model 'iaf': 'gate_bias' must be a finite number, got {gate_bias!r}")
         check_activation(args["made_activation"])
@@ -252,9 +243,7 @@ class IAF(BaseVAE):
         self.flow_steps, self.made_hidden = args["flow_steps"], tuple(args["made_hidden"])
         self.made_activation, self.context_dim = args["made_activation"], args["context_dim"]
         self.update, self.gate_bias = args["update"], args["gate_bias"]
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(**base)
         self.posterior_family = IAFPosterior(self.made_steps, self.latent_dim, self.context_dim,
                                              self.update, self.gate_bias)
 

@@ -23,12 +23,11 @@ surrogate losses for the inference (encoder) and generative (everything else) va
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
 import tensorflow as tf
 
-from tfvae.config import NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.config import PositiveInt, validate
 from tfvae.models.base import BaseVAE
 from tfvae.registry import register
 
@@ -142,16 +141,9 @@ class IWAE(MultiSampleVAE):
       Other args as `BaseVAE`.
     """
 
-    def __init__(self, k: PositiveInt = 50, estimator: Literal["standard", "dreg"] = "standard",
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+    def __init__(self, k: PositiveInt = 50, estimator: Literal["standard", "dreg"] = "standard", **base):
         args = validate(IWAE, dict(k=k, estimator=estimator), "model 'iwae'", fill_defaults=False)
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(**base)
         self.k, self.estimator = args["k"], args["estimator"]
 
     def get_config(self):

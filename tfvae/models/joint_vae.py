@@ -37,14 +37,12 @@ of the closed forms. The temperature follows `gumbel_vae`'s schedule; Dupont kee
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Literal
 
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Sizes, validate
+from tfvae.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, validate
 from tfvae.distributions import DiagonalGaussianPosterior, standard_normal
 from tfvae.models.gumbel_vae import CategoricalProduct, CategorySizes, EvaluateAs, RelaxedLatentVAE
 from tfvae.registry import register
@@ -175,12 +173,8 @@ class JointVAE(RelaxedLatentVAE):
                  capacity_c: NonNegativeFloat = 5.0, capacity_d: NonNegativeFloat = 5.0,
                  capacity_steps: PositiveInt = 25_000, tau0: PositiveFloat = 0.67, tau_min: PositiveFloat = 0.67,
                  anneal_rate: NonNegativeFloat = 0.0, evaluate_as: EvaluateAs = "discrete",
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt | None = None,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
-        where = f"model {name or 'joint_vae'!r}"
+                 latent_dim: PositiveInt | None = None, **base):
+        where = f"model {base.get('name') or 'joint_vae'!r}"
         args = validate(JointVAE, dict(
             continuous_dim=continuous_dim, categories=categories, gamma_c=gamma_c, gamma_d=gamma_d,
             capacity_c=capacity_c, capacity_d=capacity_d, capacity_steps=capacity_steps, tau0=tau0,
@@ -198,9 +192,7 @@ class JointVAE(RelaxedLatentVAE):
         self.capacity_c, self.capacity_d = args["capacity_c"], args["capacity_d"]
         self.capacity_steps = args["capacity_steps"]
         self._set_latent_settings(args["tau0"], args["tau_min"], args["anneal_rate"], args["evaluate_as"], where)
-        super().__init__(data_shape=data_shape, latent_dim=size, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(latent_dim=size, **base)
 
     def build_variant(self):
         """The temperature weight, and the two KLs as training metrics."""

@@ -24,14 +24,11 @@ Left out of Sønderby et al.'s recipe: batch normalisation (the bodies have none
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
-
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import ConfigError, NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.config import ConfigError, PositiveInt, Sizes, validate
 from tfvae.distributions import DiagonalGaussianPosterior, positive_scale
 from tfvae.models.hierarchy import GaussianMLP, TwoLayerVAE, TwoLevelChain, activation_fn, resolve_latent_dims
 from tfvae.nets.mlp import dense_stack
@@ -68,14 +65,10 @@ class LadderVAE(TwoLayerVAE):
       activation: activation of d1, of the bottom-up MLP and of the top-down MLP.
     """
 
-    def __init__(self, data_shape: Sizes = (28, 28, 1), latent_dims: Sizes = (64, 32),
-                 latent_dim: PositiveInt | None = None, encoder: str | Mapping = "mlp",
-                 decoder: str | Mapping | None = None, bottom_up: Sizes = (512, 256, 256),
-                 top_down: Sizes = (256, 256), activation: str = "leaky_relu",
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
-        where = f"model {name or 'ladder'!r}"
+    def __init__(self, latent_dims: Sizes = (64, 32), latent_dim: PositiveInt | None = None,
+                 bottom_up: Sizes = (512, 256, 256), top_down: Sizes = (256, 256), activation: str = "leaky_relu",
+                 **base):
+        where = f"model {base.get('name') or 'ladder'!r}"
         args = validate(LadderVAE, dict(latent_dims=latent_dims, latent_dim=latent_dim, bottom_up=bottom_up,
                                         top_down=top_down, activation=activation), where)
         dims, total = resolve_latent_dims(args["latent_dims"], args["latent_dim"], (2,), where)
@@ -85,9 +78,7 @@ class LadderVAE(TwoLayerVAE):
         self.feature_activation = activation_fn(args["activation"])
         self._set_hierarchy_config(dims, bottom_up=list(args["bottom_up"]), top_down=list(args["top_down"]),
                                    activation=args["activation"])
-        super().__init__(data_shape=data_shape, latent_dim=total, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(latent_dim=total, **base)
 
     def build_variant(self):
         """The bottom-up MLP d1 -> d2, the heads of the bottom-up Gaussians, and p(z1|z2)."""

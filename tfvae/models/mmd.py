@@ -23,12 +23,12 @@ itself (y = x) is exactly 0; it is unbiased since x and y are independent. It ne
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Literal
 
 import tensorflow as tf
 
-from tfvae.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Sizes, validate
+from tfvae.config import ConfigError, NonNegativeFloat, PositiveFloat, validate
 from tfvae.models.base import BaseVAE
 from tfvae.registry import register
 
@@ -146,12 +146,7 @@ class InfoVAE(_MMDModel):
     """
 
     def __init__(self, alpha: float = 0.0, lambda_: float = 1000.0, kernel: Literal["rbf", "imq"] = "imq",
-                 scale: PositiveFloat = 1.0,
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+                 scale: PositiveFloat = 1.0, **base):
         args = validate(InfoVAE, dict(alpha=alpha, lambda_=lambda_, kernel=kernel, scale=scale),
                         "model 'info_vae'", fill_defaults=False)
         if args["alpha"] > 1:
@@ -159,9 +154,7 @@ class InfoVAE(_MMDModel):
         if args["alpha"] + args["lambda_"] - 1 < 0:
             raise ConfigError(f"model 'info_vae': alpha + lambda_ - 1 (the MMD weight) must be >= 0, "
                              f"got alpha={args['alpha']}, lambda_={args['lambda_']}")
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(**base)
         self.alpha, self.lambda_ = args["alpha"], args["lambda_"]
         self._init_mmd(args["kernel"], args["scale"])
 
@@ -205,17 +198,10 @@ class WAEMMD(_MMDModel):
     """
 
     def __init__(self, lambda_: NonNegativeFloat = 10.0, kernel: Literal["rbf", "imq"] = "imq",
-                 scale: PositiveFloat = 1.0,
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+                 scale: PositiveFloat = 1.0, **base):
         args = validate(WAEMMD, dict(lambda_=lambda_, kernel=kernel, scale=scale),
                         "model 'wae_mmd'", fill_defaults=False)
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(**base)
         self.lambda_ = args["lambda_"]
         self._init_mmd(args["kernel"], args["scale"])
 

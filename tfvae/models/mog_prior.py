@@ -16,14 +16,11 @@ export use `prior().log_prob`; the prior is built from the weights inside every 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
-
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.config import PositiveInt, validate
 from tfvae.distributions import positive_scale, raw_scale
 from tfvae.models.base import BaseVAE
 from tfvae.registry import register
@@ -40,17 +37,10 @@ class MoGPriorVAE(BaseVAE):
       Others as `BaseVAE`.
     """
 
-    def __init__(self, data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", components: PositiveInt = 10,
-                 condition_dim: NonNegativeInt = 0, kl: Literal["analytic", "monte_carlo"] = "analytic",
-                 seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+    def __init__(self, components: PositiveInt = 10, **base):
         self.num_components = validate(MoGPriorVAE, {"components": components}, "model 'mog_prior'",
                                        fill_defaults=False)["components"]
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(**base)
 
     def build_variant(self):
         """The mixture's logits, means and raw scales."""

@@ -17,12 +17,11 @@ z = q.sample(M*K, seed) (index m*K + k), so with the same seed these limits hold
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated
 
 import tensorflow as tf
 
-from tfvae.config import UNIT_INTERVAL, NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.config import UNIT_INTERVAL, PositiveInt, validate
 from tfvae.models.iwae import GENERATIVE, INFERENCE, MultiSampleVAE, log_mean_exp
 from tfvae.registry import register
 
@@ -40,16 +39,9 @@ class MIWAE(MultiSampleVAE):
       Other args as `BaseVAE`.
     """
 
-    def __init__(self, m: PositiveInt = 8, k: PositiveInt = 8,
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+    def __init__(self, m: PositiveInt = 8, k: PositiveInt = 8, **base):
         args = validate(MIWAE, dict(m=m, k=k), f"model {type(self).registered_name!r}", fill_defaults=False)
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(**base)
         self.m, self.k = args["m"], args["k"]
 
     def get_config(self):
@@ -106,16 +98,9 @@ class CIWAE(MultiSampleVAE):
       Other args as `BaseVAE`.
     """
 
-    def __init__(self, k: PositiveInt = 64, beta: UnitFloat = 0.5,
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+    def __init__(self, k: PositiveInt = 64, beta: UnitFloat = 0.5, **base):
         args = validate(CIWAE, dict(k=k, beta=beta), f"model {type(self).registered_name!r}", fill_defaults=False)
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(**base)
         self.k, self.beta = args["k"], args["beta"]
 
     def get_config(self):

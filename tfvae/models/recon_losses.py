@@ -53,15 +53,13 @@ per-example `recon_loss` (unweighted) as an extra metric.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfvae.config import (Check, ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Sizes,
-                          validate)
+from tfvae.config import (Check, ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, Sizes, validate)
 from tfvae.inputs import check_batch
 from tfvae.models.base import BaseVAE
 from tfvae.registry import register
@@ -228,17 +226,10 @@ class ReconstructionLossVAE(BaseVAE):
       Other args as `BaseVAE`.
     """
 
-    def __init__(self, beta: NonNegativeFloat = 1.0, recon_weight: PositiveFloat | None = None,
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+    def __init__(self, beta: NonNegativeFloat = 1.0, recon_weight: PositiveFloat | None = None, **base):
         args = validate(ReconstructionLossVAE, dict(beta=beta, recon_weight=recon_weight),
                         f"model {getattr(type(self), 'registered_name', 'vae')!r}", fill_defaults=False)
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(**base)
         self.beta, self.recon_weight = args["beta"], args["recon_weight"]
 
     def build_variant(self):
@@ -310,20 +301,13 @@ class MSSIMVAE(ReconstructionLossVAE):
 
     def __init__(self, power_factors: PowerFactors = SMALL_IMAGE_POWER_FACTORS, filter_size: PositiveInt = 7,
                  filter_sigma: PositiveFloat = 1.0, beta: NonNegativeFloat = 1.0,
-                 recon_weight: PositiveFloat | None = None,
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+                 recon_weight: PositiveFloat | None = None, data_shape: Sizes = (28, 28, 1), **base):
         args = validate(MSSIMVAE, dict(power_factors=power_factors, filter_size=filter_size,
                                        filter_sigma=filter_sigma, data_shape=data_shape),
                         "model 'mssim_vae'", fill_defaults=False)
         check_mssim_image_shape(args["data_shape"], len(args["power_factors"]), args["filter_size"],
                                 "model 'mssim_vae'")
-        super().__init__(beta=beta, recon_weight=recon_weight, data_shape=data_shape, latent_dim=latent_dim,
-                         encoder=encoder, decoder=decoder, likelihood=likelihood, condition_dim=condition_dim,
-                         kl=kl, seed=seed, precision=precision, name=name)
+        super().__init__(beta=beta, recon_weight=recon_weight, data_shape=data_shape, **base)
         self.power_factors = args["power_factors"]
         self.filter_size, self.filter_sigma = args["filter_size"], args["filter_sigma"]
 
@@ -362,16 +346,9 @@ class LogCoshVAE(ReconstructionLossVAE):
     """
 
     def __init__(self, a: PositiveFloat = 10.0, beta: NonNegativeFloat = 1.0,
-                 recon_weight: PositiveFloat | None = None,
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+                 recon_weight: PositiveFloat | None = None, **base):
         args = validate(LogCoshVAE, dict(a=a), "model 'logcosh_vae'", fill_defaults=False)
-        super().__init__(beta=beta, recon_weight=recon_weight, data_shape=data_shape, latent_dim=latent_dim,
-                         encoder=encoder, decoder=decoder, likelihood=likelihood, condition_dim=condition_dim,
-                         kl=kl, seed=seed, precision=precision, name=name)
+        super().__init__(beta=beta, recon_weight=recon_weight, **base)
         self.a = args["a"]
 
     def get_config(self):

@@ -49,13 +49,12 @@ the refined posterior.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
 import keras
 import tensorflow as tf
 
-from tfvae.config import NonNegativeInt, PositiveFloat, PositiveInt, Sizes, validate
+from tfvae.config import NonNegativeInt, PositiveFloat, PositiveInt, validate
 from tfvae.inference.refine import Refinement, refine_posterior
 from tfvae.models.vae import VAE
 from tfvae.registry import register
@@ -79,21 +78,14 @@ class SAVAE(VAE):
         gradient at lambda_K held fixed); the encoder always gets the gradient through the steps.
     """
 
-    def __init__(self, data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32",
-                 refine_steps: NonNegativeInt = 20, refine_learning_rate: PositiveFloat = 0.01,
+    def __init__(self, refine_steps: NonNegativeInt = 20, refine_learning_rate: PositiveFloat = 0.01,
                  max_grad_norm: PositiveFloat | None = 5.0, refine_samples: PositiveInt = 1,
-                 generative_gradient: Literal["total", "partial"] = "total", name: str | None = None):
+                 generative_gradient: Literal["total", "partial"] = "total", **base):
         own = validate(SAVAE, dict(refine_steps=refine_steps, refine_learning_rate=refine_learning_rate,
                                    max_grad_norm=max_grad_norm, refine_samples=refine_samples,
                                    generative_gradient=generative_gradient),
                        f"model {getattr(type(self), 'registered_name', 'sa_vae')!r}")
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(**base)
         self.refine_steps = own["refine_steps"]
         self.refine_learning_rate = own["refine_learning_rate"]
         self.max_grad_norm = own["max_grad_norm"]

@@ -60,13 +60,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
 from typing import Annotated, Literal
 
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import Check, NonNegativeInt, Sizes, validate
+from tfvae.config import Check, validate
 from tfvae.models.base import BaseVAE
 from tfvae.registry import register
 
@@ -196,11 +195,7 @@ class SVAE(BaseVAE):
     euclidean_latent = False
 
     def __init__(self, family: Literal["power_spherical", "von_mises_fisher"] = "power_spherical",
-                 data_shape: Sizes = (28, 28, 1), latent_dim: SphereDim = 10,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+                 latent_dim: SphereDim = 10, **base):
         args = validate(SVAE, dict(family=family, latent_dim=latent_dim), "model 'svae'", fill_defaults=False)
         self.family = args["family"]
         # Read by encoder_output_units() during BaseVAE.__init__.
@@ -211,9 +206,7 @@ class SVAE(BaseVAE):
                 f"(Wood 1994); its gradient with respect to the concentration omits the rejection correction "
                 f"term and is biased (exact only for latent_dim=3). family='power_spherical' is exact for "
                 f"every latent_dim.", UserWarning, stacklevel=2)
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(latent_dim=latent_dim, **base)
         # XLA has no kernel for the stateless gamma draws of `sample_power_spherical`.
         self.supports_jit = self.family != "power_spherical"
 

@@ -30,15 +30,13 @@ q(z|x, c) would need a pseudo-condition for every pseudo-input.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Literal
 
 import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import ConfigError, NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.config import ConfigError, NonNegativeInt, PositiveInt, validate
 from tfvae.inputs import check_batch
 from tfvae.models.base import BaseVAE
 from tfvae.registry import register
@@ -58,12 +56,8 @@ class VampVAE(BaseVAE):
       Others as `BaseVAE`; condition_dim must be 0.
     """
 
-    def __init__(self, data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 40,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", pseudo_inputs: PositiveInt = 500,
-                 condition_dim: NonNegativeInt = 0, kl: Literal["analytic", "monte_carlo"] = "analytic",
-                 seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+    def __init__(self, pseudo_inputs: PositiveInt = 500, latent_dim: PositiveInt = 40,
+                 condition_dim: NonNegativeInt = 0, **base):
         args = validate(VampVAE, dict(pseudo_inputs=pseudo_inputs, condition_dim=condition_dim),
                         "model 'vamp'", fill_defaults=False)
         if args["condition_dim"]:
@@ -71,8 +65,7 @@ class VampVAE(BaseVAE):
                               f"condition to pass to the encoder; got condition_dim={condition_dim}, "
                               f"use condition_dim=0")
         self.num_pseudo_inputs = args["pseudo_inputs"]
-        super().__init__(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=0, kl=kl, seed=seed, precision=precision, name=name)
+        super().__init__(latent_dim=latent_dim, condition_dim=0, **base)
 
     def build_variant(self):
         """The pseudo-inputs' raw weights [K, *data_shape]."""

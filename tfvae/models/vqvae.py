@@ -65,15 +65,13 @@ assignments (K when all codes are used equally, 1 when one code takes everything
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated
 
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import Check, ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Sizes, \
-    validate
+from tfvae.config import Check, ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, validate
 from tfvae.models.base import BaseVAE, as_seed
 from tfvae.registry import register
 
@@ -254,14 +252,10 @@ class VQVAE(BaseVAE):
 
     euclidean_latent = False
 
-    def __init__(self, num_latents: PositiveInt = 4, embedding_dim: PositiveInt = 16, codebook_size: PositiveInt = 256,
-                 commitment_cost: NonNegativeFloat = 0.25, ema: bool = False, decay: DecayRate = 0.99,
-                 epsilon: PositiveFloat = 1e-5, restart_threshold: NonNegativeFloat = 0.0,
-                 data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt | None = None,
-                 encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
-                 likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
-                 kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+    def __init__(self, num_latents: PositiveInt = 4, embedding_dim: PositiveInt = 16,
+                 codebook_size: PositiveInt = 256, commitment_cost: NonNegativeFloat = 0.25, ema: bool = False,
+                 decay: DecayRate = 0.99, epsilon: PositiveFloat = 1e-5, restart_threshold: NonNegativeFloat = 0.0,
+                 latent_dim: PositiveInt | None = None, **base):
         args = validate(VQVAE, dict(num_latents=num_latents, embedding_dim=embedding_dim,
                                     codebook_size=codebook_size, commitment_cost=commitment_cost, ema=ema,
                                     decay=decay, epsilon=epsilon, restart_threshold=restart_threshold,
@@ -279,9 +273,7 @@ class VQVAE(BaseVAE):
         self.codebook_size, self.commitment_cost = args["codebook_size"], args["commitment_cost"]
         self.ema, self.decay, self.epsilon = args["ema"], args["decay"], args["epsilon"]
         self.restart_threshold = args["restart_threshold"]
-        super().__init__(data_shape=data_shape, latent_dim=total, encoder=encoder, decoder=decoder,
-                         likelihood=likelihood, condition_dim=condition_dim, kl=kl, seed=seed,
-                         precision=precision, name=name)
+        super().__init__(latent_dim=total, **base)
         self.posterior_family = VectorQuantizedPosterior(self.codebook, self.num_latents)
 
     def encoder_output_units(self) -> int:
