@@ -12,7 +12,7 @@ import sys
 
 import yaml
 
-DEFAULT_PRESET = "vae_shapes"
+from tfvae.presets import DEFAULT_PRESET
 
 
 def _quiet_tensorflow():
@@ -65,7 +65,8 @@ def cmd_train(args):
     training = {k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                                       seed=args.seed, steps_per_epoch=args.steps_per_epoch,
                                       steps_per_execution=args.steps_per_execution,
-                                      kl_warmup_epochs=args.kl_warmup_epochs).items() if v is not None}
+                                      kl_warmup_epochs=args.kl_warmup_epochs,
+                                      checkpoint_seconds=args.checkpoint_seconds).items() if v is not None}
     if args.jit_compile:
         training["jit_compile"] = True
     if args.deterministic:
@@ -73,7 +74,7 @@ def cmd_train(args):
     evaluation = {k: v for k, v in dict(k=args.eval_k, examples=args.eval_examples).items() if v is not None}
     out = train(args.preset, out=args.out, data_dir=args.data_dir, model=dict(args.set or []), training=training,
                 evaluation=evaluation, weights=args.weights, evaluate_after=not args.no_eval,
-                verbose=1 if args.verbose else 2, protocol=args.protocol)
+                verbose=1 if args.verbose else 2, protocol=args.protocol, resume=args.resume)
     print(f"Run directory: {out}")
     report_path = os.path.join(out, "evaluation.json")
     if os.path.exists(report_path):
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="models, presets and data sets").set_defaults(func=cmd_list)
 
     p = sub.add_parser("train", help="train a preset and write a run directory")
-    p.add_argument("preset", nargs="?", default=DEFAULT_PRESET,
+    p.add_argument("preset", nargs="?",
                    help=f"zoo preset, run directory or YAML file (default: {DEFAULT_PRESET}, no download)")
     p.add_argument("--protocol", choices=["short", "paper"], default="short",
                    help="short: the preset's CPU recipe (default); paper: its paper's published protocol")
@@ -166,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="enable TensorFlow op determinism: the same seed gives bit-identical weights "
                         "(slower; on a GPU, ops without a deterministic kernel raise)")
     p.add_argument("--kl-warmup-epochs", type=int, help="ramp the KL weight from 0 to 1 over this many epochs")
+    p.add_argument("--checkpoint-seconds", type=float,
+                   help="save the training state for --resume after at most this many seconds of training "
+                        "(default 60; also at every epoch's end)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run (killed, crashed) from its last saved state, as it was "
+                        "configured when it started; no preset or overrides")
     p.add_argument("--data-dir", help="directory holding the data set's files (else the download cache)")
     p.add_argument("--out", help="run directory (default: runs/<preset>_<timestamp>)")
     p.add_argument("--weights", help="start from these .weights.h5 (fine-tuning)")

@@ -44,3 +44,18 @@ def atomic_write_text(path: str, text: str):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Removes the temporary directories `atomic_path` left in `directory` when its process
+    was killed mid-write (hidden directories holding only its "partial*" and "old" entries);
+    returns their paths. Call it only when no other process writes to `directory`."""
+    removed = []
+    for entry in os.listdir(directory):
+        path = os.path.join(directory, entry)
+        if not entry.startswith(".") or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        if all(name.startswith("partial") or name == "old" for name in os.listdir(path)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import keras
 import yaml
 
-from tfvae.config import ConfigError, NonNegativeInt, PositiveFloat, PositiveInt, validate
+from tfvae.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, validate
 from tfvae.optimizers import FusedAdam
 from tfvae.registry import close_matches_message, get_model_class
 
@@ -60,7 +60,9 @@ class TrainingSection:
     The KL warm-up then ramps its weight once per call. deterministic: also enable
     TensorFlow's op determinism, for bit-identical runs from one seed (process-global and
     one-way; on a GPU, ops without a deterministic kernel raise; see `tfvae.training.train`).
-    Every run is seeded with `seed` either way."""
+    Every run is seeded with `seed` either way. checkpoint_seconds: the run saves its whole
+    training state for `--resume` at every epoch's end and, within an epoch, after at most
+    this many seconds of training (0: after every compiled call)."""
 
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 100
@@ -77,6 +79,7 @@ class TrainingSection:
     seed: int = 0
     deterministic: bool = False
     image_every: NonNegativeInt = 1
+    checkpoint_seconds: NonNegativeFloat = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +105,7 @@ class PaperSection:
     evaluation: dict | None = None
 
 
+DEFAULT_PRESET = "vae_shapes"     # its data set is generated in-process: it trains with no download
 PROTOCOLS = ("short", "paper")
 
 

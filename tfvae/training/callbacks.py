@@ -109,22 +109,21 @@ class KLWarmup(keras.callbacks.Callback):
     """Ramps the model's `kl_weight` linearly from 0 to 1 over the first `epochs` epochs
     (Bowman et al. 2016; Sønderby et al. 2016), set before every compiled call of the
     training step: weight = min(1, step / (epochs * steps_per_epoch)), with `step` the
-    index of the call's first step. With steps_per_execution = n the weight holds for the
-    n steps of a call."""
+    global index of the call's first step (the optimizer's iteration count, which a resumed
+    run restores). With steps_per_execution = n the weight holds for the n steps of a call.
 
-    def __init__(self, epochs: float):
+    steps_per_epoch: the run's steps per epoch (default: `fit`'s, read at each epoch's start).
+    """
+
+    def __init__(self, epochs: float, steps_per_epoch: int | None = None):
         super().__init__()
         if epochs <= 0:
             raise ValueError(f"KL warm-up needs a positive number of epochs, got {epochs}")
-        self.epochs = epochs
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        steps_per_epoch = self.params.get("steps") or 1
-        step = self.epoch * steps_per_epoch + batch      # Keras passes the call's first step
+        steps_per_epoch = self.steps_per_epoch or self.params.get("steps") or 1
+        step = int(self.model.optimizer.iterations.numpy())
         self.model.kl_weight.assign(min(1.0, step / (self.epochs * steps_per_epoch)))
 
     def on_epoch_end(self, epoch, logs=None):

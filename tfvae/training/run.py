@@ -8,14 +8,18 @@
       images/epoch_NNN.png data, reconstructions and prior samples after each epoch
       evaluation.json      ELBO and importance-sampled log p(x) on the evaluation split
       metadata.json        versions, data set, seed, timings, final metrics
+      train_args.json      how the run was started (protocol, initial weights, data dir), for --resume
+      resume_state.npz     the whole training state while the run trains (`tfvae.training.resume`);
+                           removed when the run is complete
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime
+import io
 import json
 import os
-import time
 
 import keras
 import numpy as np
@@ -26,14 +30,16 @@ from tfvae import data as datasets
 from tfvae.config import validate
 from tfvae.registry import get_model_class
 from tfvae.inference.evaluate import evaluate
-from tfvae.io import atomic_write_text
-from tfvae.presets import (CONFIG_FILE, WEIGHTS_FILE, EvaluationSection, Preset, TrainingSection,
+from tfvae.io import atomic_write_text, remove_stale_temporaries
+from tfvae.presets import (CONFIG_FILE, DEFAULT_PRESET, WEIGHTS_FILE, EvaluationSection, Preset, TrainingSection,
                            build_model, compile_model, from_preset, load_preset, load_weights)
 from tfvae.training.callbacks import (DIVERGENCE_HINTS, Checkpoints, ImageGrid, KLWarmup, StopOnNonFinite,
                                       TrainingDiverged, learning_rate_schedule)
+from tfvae.training.resume import RESUME_FILE, ResumeState, read_state
 from tfvae.version import versions
 
 BEST_WEIGHTS_FILE = "best.weights.h5"
+TRAIN_ARGS_FILE = "train_args.json"     # how the run was started, for --resume
 
 
 def resolve_preset(preset: str | Preset, model: dict | None = None, training: dict | None = None,
@@ -83,21 +89,28 @@ def load_eval_data(preset: Preset, data_dir=None, examples=None, batch_size=None
                          max_examples=examples if examples is not None else preset.evaluation.examples)
 
 
-def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir: str | None = None,
+def train(preset: str | Preset | None = None, out: str | None = None, data_dir: str | None = None,
           model: dict | None = None, training: dict | None = None, evaluation: dict | None = None,
           weights: str | None = None, evaluate_after: bool = True, verbose: int = 1,
-          protocol: str = "short") -> str:
+          protocol: str = "short", resume: str | None = None, callbacks: list | None = None) -> str:
     """Trains a preset with Keras `fit` and writes a complete run directory; returns its path.
 
     Args:
-      preset: a zoo name, a run directory or a YAML path (or a `Preset`).
+      preset: a zoo name, a run directory or a YAML path (or a `Preset`); default
+        `DEFAULT_PRESET`, which needs no download.
       out: the run directory (default runs/<preset>_<timestamp>); must not hold a run already.
-      data_dir: where the data set's files are (else the download cache).
+      data_dir: where the data set's files are (else the download cache; when resuming,
+        the directory the run was started with).
       model, training, evaluation: overrides of the preset's sections.
       weights: start from these weights (fine-tuning).
       evaluate_after: run `evaluate` on the evaluation split at the end.
       protocol: "short" (the preset's CPU recipe) or "paper" (the published protocol of
         its paper section; often days of training).
+      resume: a run directory whose training was interrupted (killed, crashed, out of
+        time): continue it from its last saved state (`tfvae.training.resume`), as it was
+        configured when it started. Takes no preset, overrides or weights. A run killed
+        before its first save starts over.
+      callbacks: more Keras callbacks for `fit`, run after the run's own.
 
     Every run seeds Python, NumPy, TensorFlow and Keras with the training section's `seed`
     before building the data pipeline and the model. With `deterministic: true` it also
@@ -112,11 +125,16 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
       TrainingDiverged (a ValueError): the loss became NaN or infinite; training stops at
         once and model.weights.h5 keeps the weights of the last epoch that ended finite.
     """
-    preset = resolve_preset(preset, model, training, evaluation, protocol)
+    if resume is not None:
+        out, preset, protocol, weights, evaluate_after, data_dir = _resumed_run(
+            resume, out, preset, model, training, evaluation, weights, data_dir)
+    else:
+        preset = resolve_preset(DEFAULT_PRESET if preset is None else preset, model, training, evaluation,
+                                protocol)
+        out = out or default_run_dir(preset.name)
+        if os.path.exists(os.path.join(out, CONFIG_FILE)):
+            raise ValueError(f"{out} already holds a run; choose another --out, or continue it with --resume {out}")
     t = preset.training
-    out = out or default_run_dir(preset.name)
-    if os.path.exists(os.path.join(out, CONFIG_FILE)):
-        raise ValueError(f"{out} already holds a run; choose another --out")
     if t.deterministic:
         # Process-global and one-way: TensorFlow has no call that turns it off again.
         tf.config.experimental.enable_op_determinism()
@@ -130,40 +148,75 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
         batch_size=t.batch_size, binarize=preset.data.binarize, seed=t.seed, labels=preset.data.labels,
         train_split=preset.data.train_split)
     vae = build_model(preset.model)
-    if weights is not None:
+    state_path = os.path.join(out, RESUME_FILE)
+    state = read_state(state_path) if resume is not None else None
+    if weights is not None and state is None:
         load_weights(vae, weights)
     compile_model(vae, t)
     os.makedirs(out, exist_ok=True)
-    atomic_write_text(os.path.join(out, CONFIG_FILE), yaml.safe_dump(preset.to_dict(), sort_keys=False))
+    if resume is None:
+        atomic_write_text(os.path.join(out, CONFIG_FILE), yaml.safe_dump(preset.to_dict(), sort_keys=False))
+        atomic_write_text(os.path.join(out, TRAIN_ARGS_FILE), json.dumps(
+            {"protocol": protocol, "weights": weights, "evaluate_after": evaluate_after, "data_dir": data_dir},
+            indent=2) + "\n")
 
     grid_batch = next(iter(load_eval_data(preset, data_dir, examples=16, batch_size=16, seed=t.seed)))
     grid_x, grid_condition = vae.unpack(grid_batch)
+    steps_per_epoch = repeating(train_data, t.steps_per_epoch)[1]
+    history_path = os.path.join(out, "history.csv")
+    epoch, step = (state[0]["epoch"], state[0]["step"]) if state else (0, 0)
+    if state:
+        keep_epochs_before(history_path, epoch)
     checkpoints = Checkpoints(os.path.join(out, WEIGHTS_FILE), os.path.join(out, BEST_WEIGHTS_FILE))
-    callbacks = [StopOnNonFinite(os.path.join(out, WEIGHTS_FILE)), checkpoints,
-                 keras.callbacks.CSVLogger(os.path.join(out, "history.csv")),
-                 ImageGrid(grid_x, os.path.join(out, "images"), grid_condition, every=t.image_every, seed=t.seed)]
+    run_callbacks = [StopOnNonFinite(os.path.join(out, WEIGHTS_FILE)), checkpoints,
+                     keras.callbacks.CSVLogger(history_path, append=state is not None),
+                     ImageGrid(grid_x, os.path.join(out, "images"), grid_condition, every=t.image_every, seed=t.seed)]
     if t.kl_warmup_epochs:
-        callbacks.insert(0, KLWarmup(t.kl_warmup_epochs))
+        run_callbacks.insert(0, KLWarmup(t.kl_warmup_epochs, steps_per_epoch))
     schedule = learning_rate_schedule(t.schedule, t.learning_rate)
     if schedule is not None:
-        callbacks.insert(0, schedule)
+        run_callbacks.insert(0, schedule)
+    early_stopping = None
     if t.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(patience=t.early_stopping_patience,
-                                                       restore_best_weights=True))
+        early_stopping = keras.callbacks.EarlyStopping(patience=t.early_stopping_patience, restore_best_weights=True)
+        run_callbacks.append(early_stopping)
+    resume_state = ResumeState(state_path, t.checkpoint_seconds, checkpoints, early_stopping, state)
+    run_callbacks += [*(callbacks or []), resume_state]
 
-    train_stream, steps_per_epoch = repeating(train_data, t.steps_per_epoch)
-    start = time.perf_counter()
-    history = vae.fit(train_stream, epochs=t.epochs, validation_data=val_data, steps_per_epoch=steps_per_epoch,
-                      callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles
-    train_seconds = time.perf_counter() - start
-    final = {k: float(v[-1]) for k, v in history.history.items()}
+    def fit(stream, first_epoch, last_epoch, steps):
+        vae.fit(stream, initial_epoch=first_epoch, epochs=last_epoch, validation_data=val_data,
+                steps_per_epoch=steps, callbacks=run_callbacks, verbose=verbose,
+                shuffle=False)  # the pipeline shuffles
+
+    def stream_from(global_step):
+        """The training stream from `global_step` on. It is one pass after another over the
+        shuffled data (`repeating`), so skipping the steps already taken yields the batches an
+        uninterrupted run reads next. Each call loads the data afresh: a second iterator over
+        one shuffled Dataset object would draw the next shuffle order, not the first."""
+        batches = train_data if global_step == 0 else datasets.load(
+            preset.data.name, split=preset.data.train_split, data_dir=data_dir, batch_size=t.batch_size,
+            binarize=preset.data.binarize, seed=t.seed, labels=preset.data.labels,
+            train_split=preset.data.train_split)
+        stream = repeating(batches, t.steps_per_epoch)[0]
+        return stream.skip(global_step) if global_step else stream
+
+    if not resume_state.finished:
+        if step:     # finish the interrupted epoch first
+            resume_state.step_offset = step
+            fit(stream_from(epoch * steps_per_epoch + step), epoch, epoch + 1, steps_per_epoch - step)
+            epoch += 1
+        if epoch < t.epochs and not (step and vae.stop_training):
+            fit(stream_from(epoch * steps_per_epoch), epoch, t.epochs, steps_per_epoch)
+        resume_state.mark_finished()
+    final = resume_state.last_logs or {}
     if not all(np.isfinite(v) for v in final.values()):
         raise TrainingDiverged(
             f"training diverged (non-finite metrics {final}); {os.path.join(out, WEIGHTS_FILE)} holds the "
             f"weights of the last epoch that ended finite, if any. {DIVERGENCE_HINTS}")
 
-    metadata = {"preset": preset.name, "protocol": protocol, "dataset": preset.data.name, "seed": t.seed, "epochs": len(history.epoch),
-                "train_seconds": train_seconds, "best_epoch": checkpoints.best_epoch,
+    metadata = {"preset": preset.name, "protocol": protocol, "dataset": preset.data.name, "seed": t.seed,
+                "epochs": resume_state.epoch, "train_seconds": resume_state.train_seconds,
+                "best_epoch": checkpoints.best_epoch, "resumed": resume is not None,
                 "final_metrics": final, "versions": versions(),
                 "created": datetime.datetime.now().isoformat(timespec="seconds")}
     if evaluate_after:
@@ -174,7 +227,47 @@ def train(preset: str | Preset = "vae_shapes", out: str | None = None, data_dir:
                           out_path=os.path.join(out, "evaluation.json"))
         metadata["evaluation"] = report
     atomic_write_text(os.path.join(out, "metadata.json"), json.dumps(metadata, indent=2) + "\n")
+    if os.path.exists(state_path):
+        os.remove(state_path)   # the run is complete: nothing left to resume
     return out
+
+
+def _resumed_run(run_dir, out, preset, model, training, evaluation, weights, data_dir):
+    """(out, preset, protocol, weights, evaluate_after, data_dir) of an interrupted run, from
+    the files it wrote when it started."""
+    if out is not None and os.path.abspath(out) != os.path.abspath(run_dir):
+        raise ValueError(f"--resume continues the run in {run_dir} in place; --out must be that directory or left out")
+    if preset is not None or model or training or evaluation or weights:
+        raise ValueError("--resume continues a run as it was configured when it started; "
+                         "it takes no preset, overrides or weights")
+    if not os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
+        raise ValueError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    if os.path.isfile(os.path.join(run_dir, "metadata.json")):
+        raise ValueError(f"the run in {run_dir} is complete (it has metadata.json): nothing to resume")
+    args_path = os.path.join(run_dir, TRAIN_ARGS_FILE)
+    started = {}
+    if os.path.isfile(args_path):
+        with open(args_path) as f:
+            started = json.load(f)
+    remove_stale_temporaries(run_dir)
+    return (run_dir, load_preset(run_dir), started.get("protocol", "short"), started.get("weights"),
+            started.get("evaluate_after", True), data_dir if data_dir is not None else started.get("data_dir"))
+
+
+def keep_epochs_before(history_path: str, epoch: int):
+    """Rewrites a CSVLogger file (atomically) without its rows of epochs >= `epoch` (0-based),
+    which a resumed run trains again, and without a line cut short by a kill."""
+    if not os.path.isfile(history_path):
+        return
+    with open(history_path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) < epoch]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *kept])
+    atomic_write_text(history_path, buffer.getvalue())
 
 
 def load_run(run_dir: str):
