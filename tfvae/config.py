@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -171,16 +172,15 @@ def coerce(value, annotation):
             return int(value)
         raise _Mismatch()
     if annotation is float:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise _Mismatch()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise _Mismatch() from None
-        raise _Mismatch()
+        try:
+            number = float(value)
+        except (ValueError, OverflowError):
+            raise _Mismatch() from None
+        if not math.isfinite(number):  # inf or nan (YAML .inf, .nan, "1e400")
+            raise _Mismatch()
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value

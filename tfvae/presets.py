@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping
 from importlib import resources
@@ -153,7 +154,7 @@ def parse_preset(raw: Any, name: str) -> Preset:
     if "class" not in model:
         raise ConfigError(f"{where}: the model section needs 'class' (one of the registered models)")
     model = dict(model)
-    cls = get_model_class(model.pop("class"))
+    cls = get_model_class(_model_class_name(model.pop("class"), where))
     model = validate(cls, model, f"{where}, model {cls.registered_name!r}", fill_defaults=False)
     paper = None
     if top.get("paper") is not None:
@@ -182,6 +183,22 @@ class _TopLevel:
     paper: dict | None = None
 
 
+def _model_class_name(name: Any, where: str) -> str:
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: the model's 'class' must be a string naming a registered model, "
+                          f"got {name!r}")
+    return name
+
+
+def _read_text(path: str) -> str:
+    """The UTF-8 text of a preset file; undecodable bytes raise ConfigError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text: {e}") from None
+
+
 def _zoo_files() -> dict[str, Any]:
     root = resources.files("tfvae.zoo_configs")
     return {entry.name[:-5]: entry for entry in root.iterdir() if entry.name.endswith(".yaml")}
@@ -200,11 +217,10 @@ def load_preset(name_or_dir: str) -> Preset:
         path = os.path.join(name_or_dir, CONFIG_FILE)
         if not os.path.isfile(path):
             raise ConfigError(f"{name_or_dir} is not a run directory: it has no {CONFIG_FILE}")
-        with open(path) as f:
-            return parse_preset(_read_yaml(f.read(), path), os.path.basename(os.path.normpath(name_or_dir)))
+        return parse_preset(_read_yaml(_read_text(path), path), os.path.basename(os.path.normpath(name_or_dir)))
     if isinstance(name_or_dir, str) and name_or_dir.endswith((".yaml", ".yml")) and os.path.isfile(name_or_dir):
-        with open(name_or_dir) as f:
-            return parse_preset(_read_yaml(f.read(), name_or_dir), os.path.basename(name_or_dir).rsplit(".", 1)[0])
+        return parse_preset(_read_yaml(_read_text(name_or_dir), name_or_dir),
+                            os.path.basename(name_or_dir).rsplit(".", 1)[0])
     files = _zoo_files()
     if isinstance(name_or_dir, (str, os.PathLike)) and os.sep in str(name_or_dir) and name_or_dir not in files:
         raise ValueError(f"{name_or_dir} does not exist: expected a run directory (with {CONFIG_FILE}), "
@@ -222,7 +238,7 @@ def list_presets() -> dict[str, str]:
 def build_model(model_config: Mapping, **overrides) -> keras.Model:
     """The model described by a `{class: name, ...arguments}` mapping, with overrides applied."""
     config = dict(model_config)
-    cls = get_model_class(config.pop("class"))
+    cls = get_model_class(_model_class_name(config.pop("class"), "model"))
     config.update(overrides)
     return cls(**validate(cls, config, f"model {cls.registered_name!r}"))
 
@@ -248,16 +264,68 @@ def compile_model(model, training: TrainingSection):
 
 
 def load_weights(model, path: str):
-    """Loads a `.weights.h5` file; a shape mismatch names the variable and both shapes."""
+    """Loads a `.weights.h5` file. A file that does not fit the model as configured raises
+    ValueError naming the first differing variable and both shapes; a corrupt file raises
+    ValueError naming it. Either way the model's weights are left unchanged."""
     if not os.path.isfile(path):
         raise ValueError(f"weights file not found: {path}")
+    prefix = f"the weights in {path} do not fit model {model.name!r} as configured"
+    if path.endswith(".weights.h5"):
+        problem = _weights_mismatch(model, path)
+        if problem:
+            raise ValueError(f"{prefix}: {problem}")
+    snapshot = [v.numpy() for v in model.weights]
     try:
         with warnings.catch_warnings():
             # Run checkpoints carry the optimizer's slots; a freshly built model has none yet.
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.load_weights(path)
-    except ValueError as e:
-        raise ValueError(f"the weights in {path} do not fit model {model.name!r} as configured: {e}") from None
+    except (ValueError, OSError) as e:
+        for v, value in zip(model.weights, snapshot):
+            v.assign(value)
+        if isinstance(e, OSError):
+            raise ValueError(f"cannot read the weights in {path} (corrupt or truncated?): {e}") from None
+        raise ValueError(f"{prefix}: {e}") from None
+
+
+def _stored_shapes(path: str) -> dict:
+    """Dataset path -> (shape, name of the layer holding it) of an `.weights.h5` file."""
+    import h5py
+
+    out = {}
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            out[name] = (tuple(obj.shape), obj.parent.attrs.get("name", ""))
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except OSError as e:
+        raise ValueError(f"cannot read the weights in {path} (corrupt or truncated?): {e}") from None
+    return out
+
+
+def _weights_mismatch(model, path: str) -> str | None:
+    """The first difference between the variables in `path` and those `model.save_weights`
+    would write (the optimizer's slots aside), in words; None when they agree."""
+    found = _stored_shapes(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        own = os.path.join(tmp, "model.weights.h5")
+        model.save_weights(own)
+        expected = _stored_shapes(own)
+    for key, (shape, layer) in expected.items():
+        if key.startswith("optimizer/"):
+            continue
+        where = f"variable {key} (layer {layer!r})"
+        if key not in found:
+            return f"{where} is missing from the file"
+        if found[key][0] != shape:
+            return f"{where} has shape {found[key][0]} in the file, but the model expects {shape}"
+    extra = [k for k in found if k not in expected and not k.startswith("optimizer/")]
+    if extra:
+        return f"the file has variable(s) the model does not: {', '.join(extra[:5])}"
+    return None
 
 
 def from_preset(name: str, weights: str | None = None, compile: bool = True, **overrides) -> keras.Model:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import DataError, read_file
 
-_ZERO, _ONE, _SPACE, _NEWLINE = (ord(c) for c in "01 \n")
+_ZERO, _ONE, _SPACE, _NEWLINE, _RETURN = (ord(c) for c in "01 \n\r")
 
 
 def read_amat(path: str | os.PathLike, num_values: int = 784) -> np.ndarray:
@@ -60,9 +60,10 @@ def _parse_general(buf: np.ndarray, num_values: int, path: str) -> np.ndarray:
     bad = np.flatnonzero((buf != _ZERO) & (buf != _ONE) & (buf != _SPACE) & ~newline)
     if bad.size:
         i = bad[0]
+        hint = " (Windows line endings?)" if buf[i] == _RETURN else ""
         raise DataError(
             f"{path}, line {line_of(i)}: expected only the characters 0, 1, space "
-            f"and newline, found {bytes(buf[i:i + 1])!r}")
+            f"and newline, found {bytes(buf[i:i + 1])!r}{hint}")
 
     digit = (buf == _ZERO) | (buf == _ONE)
     glued = np.flatnonzero(digit[1:] & digit[:-1])
@@ -77,7 +78,8 @@ def _parse_general(buf: np.ndarray, num_values: int, path: str) -> np.ndarray:
     wrong = np.flatnonzero(counts != num_values)
     if wrong.size:
         j = wrong[0]
-        last = " (the last line: truncated file?)" if j == starts.size - 1 else ""
+        short = counts[j] < num_values and j == starts.size - 1
+        last = " (the last line: truncated file?)" if short else ""
         raise DataError(
             f"{path}, line {j + 1}{last}: expected {num_values} values, "
             f"found {counts[j]}")

@@ -117,14 +117,21 @@ def resolve_files(dataset: str, filenames: Sequence[str], urls: Sequence[str],
     if verify:
         for f, path in found.items():
             if path.name == f and checksums.get(f):
-                _verify_local(path, checksums[f])
+                _verify_local(path, checksums[f], cached=data_dir is None)
     return tuple(found[f] for f in filenames)
 
 
-def _verify_local(path: Path, accepted: Sequence[str]) -> None:
-    digests = file_digests(path, (parse_checksum(c)[0] for c in accepted))
+def _verify_local(path: Path, accepted: Sequence[str], cached: bool = False) -> None:
+    """Raise DataError naming ``path`` unless its content matches one of ``accepted``."""
+    try:
+        digests = file_digests(path, (parse_checksum(c)[0] for c in accepted))
+    except OSError as e:
+        raise DataError(f"cannot read {path} to verify its checksum: {e}") from e
     if not _matches(digests, accepted):
-        raise DataError(f"checksum mismatch for {path}: {_describe(digests, accepted)}")
+        fix = ("delete it to download it again" if cached else
+               "replace it with an intact copy, or load without verify=True")
+        raise DataError(f"checksum mismatch for {path}: {_describe(digests, accepted)}. "
+                        f"The file is corrupt or a different version: {fix}")
 
 
 def download_file(dataset: str, filename: str, urls: Sequence[str], dest_dir: Path,
@@ -141,27 +148,47 @@ def download_file(dataset: str, filename: str, urls: Sequence[str], dest_dir: Pa
     if not full_urls:
         raise DataError(f"dataset {dataset!r}: no download URL for {filename}. Put the "
                         "file in a directory and pass data_dir=... (CLI: --data-dir DIR)")
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the cache directory {dest_dir} for {filename}: {e}. "
+                        "Set TFVAE_CACHE_DIR to a writable directory, or put the file in a "
+                        "directory and pass data_dir=... (CLI: --data-dir DIR)") from e
     failures, mismatch = [], None
     for url in full_urls:
-        fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{filename}.",
-                                        suffix=".part")
+        try:
+            fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{filename}.",
+                                            suffix=".part")
+        except OSError as e:
+            raise DataError(f"cannot write to the cache directory {dest_dir}: {e}. Set "
+                            "TFVAE_CACHE_DIR to a writable directory, or put the file in a "
+                            "directory and pass data_dir=... (CLI: --data-dir DIR)") from e
         tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out:
-                digests = _fetch(url, out, algos, timeout)
-            if _matches(digests, checksums):
-                target = dest_dir / filename
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    digests = _fetch(url, out, algos, timeout)
+            except urllib.error.HTTPError as e:
+                failures.append(f"{url}: HTTP {e.code} {e.reason}")
+                continue
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+                failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
+                continue
+            if not _matches(digests, checksums):
+                mismatch = (f"checksum mismatch for {filename} of dataset {dataset!r} "
+                            f"downloaded from {url}: {_describe(digests, checksums)}; "
+                            "the download was discarded. Put a verified copy in a directory "
+                            "and pass data_dir=... (CLI: --data-dir DIR)")
+                continue
+            target = dest_dir / filename
+            try:
                 os.replace(tmp, target)
-                return target
-            mismatch = (f"checksum mismatch for {filename} of dataset {dataset!r} "
-                        f"downloaded from {url}: {_describe(digests, checksums)}")
-        except urllib.error.HTTPError as e:
-            failures.append(f"{url}: HTTP {e.code} {e.reason}")
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
+            except OSError as e:
+                raise DataError(f"cannot store the download of {filename} as {target}: "
+                                f"{e}") from e
+            return target
         finally:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # gone already after a successful rename
     if mismatch:
         raise DataError(mismatch)
     raise DataError(
