@@ -14,7 +14,8 @@ import pytest
 from tfvae.io import atomic_path, remove_stale_temporaries
 from tfvae.models import VAE
 from tfvae.training.resume import read_state, restore_variables, save_state
-from tfvae.training.run import keep_epochs_before, train
+from tfvae.training.callbacks import HistoryCSV, read_history
+from tfvae.training.run import train
 
 PRESET = """\
 description: a tiny run for the resume tests
@@ -104,12 +105,20 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path):
         train(str(tmp_path / "config.yaml"), out=str(tmp_path))
 
 
-def test_history_keeps_only_the_epochs_before_the_resumed_one_and_no_cut_line(tmp_path):
-    path = tmp_path / "history.csv"
-    path.write_text("epoch,loss\n0,3.5\n1,2.5\n2,1.5\n3,1.")        # epoch 3's line cut by a kill
-    keep_epochs_before(str(path), 2)
-    assert path.read_text() == "epoch,loss\n0,3.5\n1,2.5\n"
-    keep_epochs_before(str(tmp_path / "absent.csv"), 2)               # nothing to do, no error
+def test_history_is_rewritten_whole_and_a_resumed_run_keeps_the_epochs_before_its_own(tmp_path):
+    path = str(tmp_path / "history.csv")
+    history = HistoryCSV(path)
+    for epoch, loss in enumerate([3.5, 2.5, 1.5]):
+        history.on_epoch_end(epoch, {"loss": np.float32(loss), "elbo": -loss})
+    with open(path) as f:
+        assert f.read() == "epoch,elbo,loss\n0,-3.5,3.5\n1,-2.5,2.5\n2,-1.5,1.5\n"
+    kept = read_history(path, before_epoch=2)                # epoch 2 is trained again
+    assert [r["epoch"] for r in kept] == ["0", "1"]
+    resumed = HistoryCSV(path, kept)
+    resumed.on_epoch_end(2, {"loss": 1.25, "elbo": -1.25})
+    with open(path) as f:
+        assert f.read() == "epoch,elbo,loss\n0,-3.5,3.5\n1,-2.5,2.5\n2,-1.25,1.25\n"
+    assert read_history(str(tmp_path / "absent.csv")) == []
 
 
 def test_stale_temporaries_of_a_killed_atomic_write_are_removed(tmp_path):

@@ -6,13 +6,15 @@ non-finite weights, so the run directory keeps the weights of the last finite ep
 """
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 
 import keras
 import numpy as np
 
-from tfvae.io import atomic_path
+from tfvae.io import atomic_path, atomic_write_text
 from tfvae.training.images import save_image_grid
 
 
@@ -156,6 +158,38 @@ class Checkpoints(keras.callbacks.Callback):
         if value is not None and np.isfinite(value) and value < self.best:
             self.best, self.best_epoch = float(value), epoch + 1
             self._save(self.best_path)
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """history.csv: one row per epoch, its 0-based index then its logs (columns sorted by
+    name), rewritten whole and atomically at every epoch's end, so that a crash never leaves
+    a line cut short (Keras' CSVLogger appends in place).
+
+    rows: the rows of earlier epochs, e.g. `read_history(path, before_epoch)` when resuming.
+    """
+
+    def __init__(self, path: str, rows=()):
+        super().__init__()
+        self.path, self.rows = path, [dict(r) for r in rows]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
+        columns = ["epoch", *sorted({k for row in self.rows for k in row} - {"epoch"})]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buffer.getvalue())
+
+
+def read_history(path: str, before_epoch: int | None = None) -> list[dict]:
+    """The rows of a history.csv ({column: text}), those of epochs < `before_epoch` only if
+    given (a resumed run trains the later ones again); [] if there is no file."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if before_epoch is None or int(r["epoch"]) < before_epoch]
 
 
 class ImageGrid(keras.callbacks.Callback):

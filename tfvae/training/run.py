@@ -14,10 +14,8 @@
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
-import io
 import json
 import os
 
@@ -33,8 +31,8 @@ from tfvae.inference.evaluate import evaluate
 from tfvae.io import atomic_write_text, remove_stale_temporaries
 from tfvae.presets import (CONFIG_FILE, DEFAULT_PRESET, WEIGHTS_FILE, EvaluationSection, Preset, TrainingSection,
                            build_model, compile_model, from_preset, load_preset, load_weights)
-from tfvae.training.callbacks import (DIVERGENCE_HINTS, Checkpoints, ImageGrid, KLWarmup, StopOnNonFinite,
-                                      TrainingDiverged, learning_rate_schedule)
+from tfvae.training.callbacks import (DIVERGENCE_HINTS, Checkpoints, HistoryCSV, ImageGrid, KLWarmup,
+                                      StopOnNonFinite, TrainingDiverged, learning_rate_schedule, read_history)
 from tfvae.training.resume import RESUME_FILE, ResumeState, read_state
 from tfvae.version import versions
 
@@ -165,11 +163,9 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     steps_per_epoch = repeating(train_data, t.steps_per_epoch)[1]
     history_path = os.path.join(out, "history.csv")
     epoch, step = (state[0]["epoch"], state[0]["step"]) if state else (0, 0)
-    if state:
-        keep_epochs_before(history_path, epoch)
     checkpoints = Checkpoints(os.path.join(out, WEIGHTS_FILE), os.path.join(out, BEST_WEIGHTS_FILE))
     run_callbacks = [StopOnNonFinite(os.path.join(out, WEIGHTS_FILE)), checkpoints,
-                     keras.callbacks.CSVLogger(history_path, append=state is not None),
+                     HistoryCSV(history_path, read_history(history_path, epoch) if state else ()),
                      ImageGrid(grid_x, os.path.join(out, "images"), grid_condition, every=t.image_every, seed=t.seed)]
     if t.kl_warmup_epochs:
         run_callbacks.insert(0, KLWarmup(t.kl_warmup_epochs, steps_per_epoch))
@@ -252,22 +248,6 @@ def _resumed_run(run_dir, out, preset, model, training, evaluation, weights, dat
     remove_stale_temporaries(run_dir)
     return (run_dir, load_preset(run_dir), started.get("protocol", "short"), started.get("weights"),
             started.get("evaluate_after", True), data_dir if data_dir is not None else started.get("data_dir"))
-
-
-def keep_epochs_before(history_path: str, epoch: int):
-    """Rewrites a CSVLogger file (atomically) without its rows of epochs >= `epoch` (0-based),
-    which a resumed run trains again, and without a line cut short by a kill."""
-    if not os.path.isfile(history_path):
-        return
-    with open(history_path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
-    header, body = rows[0], rows[1:]
-    kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) < epoch]
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows([header, *kept])
-    atomic_write_text(history_path, buffer.getvalue())
 
 
 def load_run(run_dir: str):
