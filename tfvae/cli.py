@@ -74,7 +74,8 @@ def cmd_train(args):
     evaluation = {k: v for k, v in dict(k=args.eval_k, examples=args.eval_examples).items() if v is not None}
     out = train(args.preset, out=args.out, data_dir=args.data_dir, model=dict(args.set or []), training=training,
                 evaluation=evaluation, weights=args.weights, evaluate_after=not args.no_eval,
-                verbose=1 if args.verbose else 2, protocol=args.protocol, resume=args.resume)
+                verbose=1 if args.verbose else 2, protocol=args.protocol, resume=args.resume,
+                strategy=args.strategy)
     print(f"Run directory: {out}")
     report_path = os.path.join(out, "evaluation.json")
     if os.path.exists(report_path):
@@ -170,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-seconds", type=float,
                    help="save the training state for --resume after at most this many seconds of training "
                         "(default 60; also at every epoch's end)")
+    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker", "tpu"], default="default",
+                   help="tf.distribute strategy: default (one device), mirrored (this machine's GPUs), "
+                        "multiworker (the machines of TF_CONFIG) or tpu (TPU_NAME, or this TPU VM); the "
+                        "batch size is the global batch (README: Scaling out)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run (killed, crashed) from its last saved state, as it was "
                         "configured when it started; no preset or overrides")

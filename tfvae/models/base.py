@@ -14,6 +14,11 @@ losses are means over the batch of per-example values; beta-like weights multipl
 per-example KL. Randomness comes from explicit stateless seeds (shape [2], int32) or,
 when none is given, from the model's `keras.random.SeedGenerator`, so a seed makes a
 run reproducible.
+
+Under a `tf.distribute` strategy with N replicas, every `train_step` updates through
+`apply_mean_gradients`: the optimizer sums the replicas' gradients, so each hands it the
+gradient of its batch-mean loss divided by N, and the update is that of one device with the
+global batch (`tfvae.training.distribute` has the details). On one replica it adds nothing.
 """
 from __future__ import annotations
 
@@ -44,6 +49,91 @@ def as_seed(seed) -> tf.Tensor:
     if seed.shape.rank != 1 or (seed.shape[0] is not None and seed.shape[0] != 2):
         raise ValueError(f"a seed is an int or a pair of ints, got shape {seed.shape}")
     return tf.cast(seed, tf.int32)
+
+
+# ----------------------------------------------------------------- tf.distribute
+def replicas_in_sync() -> int:
+    """How many replicas the current step runs on: `num_replicas_in_sync` inside a replica
+    context of a tf.distribute strategy (`strategy.run`, e.g. Keras `fit` under
+    `strategy.scope()`), else 1 (no strategy, or a cross-replica context). A Python int."""
+    context = tf.distribute.get_replica_context()
+    return context.num_replicas_in_sync if context is not None else 1
+
+
+def replica_seed(seed) -> tf.Tensor:
+    """A stateless seed [2] for this replica: `seed` itself on one replica; folded with
+    `replica_id_in_sync_group` when there are several, so that replicas drawing with the
+    same step seed draw independent noise for their examples (not copies of each other's)."""
+    if replicas_in_sync() == 1:
+        return seed
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica, tf.int32))
+
+
+def _scaled(gradient, factor: float):
+    """gradient * factor for a dense gradient or tf.IndexedSlices (None stays None)."""
+    if gradient is None:
+        return None
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(gradient.values * tf.cast(factor, gradient.values.dtype), gradient.indices,
+                                gradient.dense_shape)
+    return gradient * tf.cast(factor, gradient.dtype)
+
+
+def _clip_like(optimizer, gradients):
+    """`gradients` clipped by the optimizer's own rule (clipnorm per variable, else
+    global_clipnorm over all, else clipvalue), the rule Keras applies in `optimizer.apply`."""
+    if optimizer.clipnorm:
+        return [None if g is None else tf.clip_by_norm(g, optimizer.clipnorm) for g in gradients]
+    if optimizer.global_clipnorm:
+        present = [g for g in gradients if g is not None]
+        clipped = iter(tf.clip_by_global_norm(present, optimizer.global_clipnorm)[0])
+        return [None if g is None else next(clipped) for g in gradients]
+    return [None if g is None else tf.clip_by_value(g, -optimizer.clipvalue, optimizer.clipvalue)
+            for g in gradients]
+
+
+def apply_mean_gradients(optimizer, gradients, variables):
+    """`optimizer.apply(gradients, variables)`, where `gradients` are those of a loss that is
+    a mean over this replica's batch, so that N replicas make the update one device makes
+    with the global batch (the N per-replica batches together, of equal sizes b).
+
+    In a replica context Keras' TensorFlow optimizer sums the gradients over the replicas
+    (an all-reduce) before the update and scales nothing. With per-replica mean losses
+    L_r = (1/b) sum_{i in r} l_i, the global-batch loss is L = (1/(N b)) sum_i l_i =
+    (1/N) sum_r L_r, so each replica hands the optimizer grad(L_r) / N and the sum is
+    grad L. On one replica nothing is added to the graph.
+
+    Clipping: Keras clips each replica's gradient before that sum, i.e. grad(L_r) / N, not
+    grad L. When the optimizer clips (clipnorm, global_clipnorm, clipvalue; without
+    gradient accumulation, which clips the accumulated sum later), the replicas first
+    all-reduce grad L themselves, clip it by the optimizer's rule, and hand it on divided
+    by N: the optimizer's own clipping then changes nothing (the norms are N times below
+    the threshold) and its sum gives back the clipped grad L. This costs a second
+    all-reduce per step, only in that case.
+    """
+    replicas = replicas_in_sync()
+    if replicas > 1:
+        gradients = [_scaled(g, 1.0 / replicas) for g in gradients]
+        clips = optimizer.clipnorm or optimizer.global_clipnorm or optimizer.clipvalue
+        if clips and not optimizer.gradient_accumulation_steps:
+            present = [g for g in gradients if g is not None]
+            total = iter(tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, present))
+            clipped = _clip_like(optimizer, [None if g is None else next(total) for g in gradients])
+            gradients = [_scaled(g, 1.0 / replicas) for g in clipped]
+    optimizer.apply(gradients, variables)
+
+
+def step_logs(results: dict) -> dict:
+    """The logs a train or test step returns: the metrics' scalar results; each of shape [1]
+    under MultiWorkerMirroredStrategy with several workers, where Keras (3.15) reduces a
+    step's per-replica logs by strategy.reduce(MEAN, axis=0), which fails on a scalar. (Fit's
+    per-epoch logs and history come from the metrics themselves, scalars either way.)"""
+    strategy = tf.distribute.get_strategy()
+    in_multi_worker_mode = getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and in_multi_worker_mode():
+        return {name: tf.reshape(value, [1]) for name, value in results.items()}
+    return results
 
 
 class BaseVAE(keras.Model):
@@ -202,8 +292,11 @@ class BaseVAE(keras.Model):
 
     # ----------------------------------------------------------------- bounds
     def _seed(self, seed):
+        """`seed` as a stateless seed [2]; None: the next seed of the model's stream. Under a
+        tf.distribute strategy with several replicas that seed is folded with the replica's
+        id (`replica_seed`): each replica's share of the global batch gets its own noise."""
         if seed is None:
-            return tf.cast(self.seed_generator.next(), tf.int32)
+            return replica_seed(tf.cast(self.seed_generator.next(), tf.int32))
         return as_seed(seed)
 
     def _sample_posterior(self, x, k, condition, seed, posterior, training):
@@ -289,7 +382,7 @@ class BaseVAE(keras.Model):
         self.trackers["loss"].update_state(loss)
         for name in ("elbo", "log_px_z", "kl"):
             self.trackers[name].update_state(terms[name])
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return step_logs({name: tracker.result() for name, tracker in self.trackers.items()})
 
     def split_gradients(self, tape, encoder_loss, generative_loss):
         """Gradients aligned with `trainable_variables`: the encoder's variables take the
@@ -317,8 +410,15 @@ class BaseVAE(keras.Model):
             loss, terms = self.objective_and_terms(x, condition, training=True)
             total = loss + tf.add_n(self.losses) if self.losses else loss
         gradients = tape.gradient(total, self.trainable_variables)
-        self.optimizer.apply(gradients, self.trainable_variables)
+        self.apply_gradients(gradients, self.trainable_variables)
         return self._record(loss, terms)
+
+    def apply_gradients(self, gradients, variables, optimizer=None):
+        """One update of `variables` by `optimizer` (default: the compiled one) from their
+        `gradients` (aligned with `variables`) of a loss that is a mean over this replica's
+        batch; under a strategy with several replicas, the update one device makes with the
+        global batch (`apply_mean_gradients`). Every `train_step` updates through here."""
+        apply_mean_gradients(self.optimizer if optimizer is None else optimizer, gradients, variables)
 
     def test_step(self, data):
         x, condition = self.unpack(data)

@@ -42,7 +42,7 @@ import keras
 import tensorflow as tf
 
 from tfvae.config import ALL_POSITIVE, Check, NonNegativeFloat, validate
-from tfvae.models.base import BaseVAE, as_seed
+from tfvae.models.base import BaseVAE, apply_mean_gradients, as_seed
 from tfvae.optimizers import FusedAdam
 from tfvae.registry import register
 
@@ -93,11 +93,13 @@ def discriminator_terms(discriminator, z, seed) -> dict:
 
 def discriminator_step(discriminator, optimizer, z, seed) -> dict:
     """One update of D by `optimizer` on `discriminator_terms(discriminator, z, seed)`;
-    returns those terms (computed before the update)."""
+    returns those terms (computed before the update). Under a distribution strategy the
+    update is that of the replicas' mean loss (`apply_mean_gradients`); each replica's z~
+    permutes its own share of the batch."""
     variables = discriminator.trainable_variables
     with tf.GradientTape() as tape:
         terms = discriminator_terms(discriminator, z, seed)
-    optimizer.apply(tape.gradient(terms["disc_loss"], variables), variables)
+    apply_mean_gradients(optimizer, tape.gradient(terms["disc_loss"], variables), variables)
     return terms
 
 
@@ -201,7 +203,7 @@ class FactorVAE(BaseVAE):
         with tf.GradientTape() as tape:
             loss, terms, z = self.loss_terms_and_z(x, condition, training=True, seed=z_seed)
             total = loss + tf.add_n(self.losses) if self.losses else loss
-        self.optimizer.apply(tape.gradient(total, variables), variables)
+        self.apply_gradients(tape.gradient(total, variables), variables)
         disc = discriminator_step(self.discriminator, self.discriminator_optimizer, z, permutation_seed)
         return self._record(loss, terms, disc)
 

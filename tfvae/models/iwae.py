@@ -126,7 +126,7 @@ class MultiSampleVAE(BaseVAE):
     def train_step(self, data):
         x, condition = self.unpack(data)
         loss, terms, gradients = self.group_gradients(x, condition, training=True)
-        self.optimizer.apply(gradients, self.trainable_variables)
+        self.apply_gradients(gradients, self.trainable_variables)
         return self._record(loss, terms)
 
 

@@ -166,7 +166,7 @@ class SAVAE(VAE):
     def train_step(self, data):
         x, condition = self.unpack(data)
         loss, terms, gradients = self.gradients(x, condition, training=True)
-        self.optimizer.apply(gradients, self.trainable_variables)
+        self.apply_gradients(gradients, self.trainable_variables)
         return self._record(loss, terms)
 
     def _record(self, loss, terms):

@@ -374,7 +374,7 @@ class VQVAE(BaseVAE):
             loss, terms, vq = self._loss_terms_and_codes(x, condition, training=True)
             total = loss + tf.add_n(self.losses) if self.losses else loss
         gradients = tape.gradient(total, self.trainable_variables)
-        self.optimizer.apply(gradients, self.trainable_variables)
+        self.apply_gradients(gradients, self.trainable_variables)
         if self.ema:
             # A seed per step, the same in every replica: (seed, 0) folded with the step count.
             step = tf.cast(self.optimizer.iterations, tf.int32)

@@ -63,7 +63,8 @@ def build_optimizers(model):
     """Creates the optimizer's slot variables (as its first step would) so that a saved state
     can be loaded into them before training starts."""
     if not model.optimizer.built:
-        model.optimizer.build(model.optimized_variables)
+        with model.distribute_strategy.scope():     # mirrored slots under a tf.distribute strategy
+            model.optimizer.build(model.optimized_variables)
 
 
 def _storable(value) -> np.ndarray:

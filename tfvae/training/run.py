@@ -33,6 +33,7 @@ from tfvae.presets import (CONFIG_FILE, DEFAULT_PRESET, WEIGHTS_FILE, Evaluation
                            build_model, compile_model, from_preset, load_preset, load_weights)
 from tfvae.training.callbacks import (DIVERGENCE_HINTS, Checkpoints, HistoryCSV, ImageGrid, KLWarmup,
                                       StopOnNonFinite, TrainingDiverged, learning_rate_schedule, read_history)
+from tfvae.training.distribute import make_strategy, prepare_dataset, supported_steps_per_execution
 from tfvae.training.resume import RESUME_FILE, ResumeState, read_state
 from tfvae.version import versions
 
@@ -90,7 +91,8 @@ def load_eval_data(preset: Preset, data_dir=None, examples=None, batch_size=None
 def train(preset: str | Preset | None = None, out: str | None = None, data_dir: str | None = None,
           model: dict | None = None, training: dict | None = None, evaluation: dict | None = None,
           weights: str | None = None, evaluate_after: bool = True, verbose: int = 1,
-          protocol: str = "short", resume: str | None = None, callbacks: list | None = None) -> str:
+          protocol: str = "short", resume: str | None = None, callbacks: list | None = None,
+          strategy: str | tf.distribute.Strategy = "default") -> str:
     """Trains a preset with Keras `fit` and writes a complete run directory; returns its path.
 
     Args:
@@ -109,6 +111,12 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
         configured when it started. Takes no preset, overrides or weights. A run killed
         before its first save starts over.
       callbacks: more Keras callbacks for `fit`, run after the run's own.
+      strategy: "default" (one device), "mirrored" (this machine's GPUs), "multiworker"
+        (TF_CONFIG) or "tpu", or a `tf.distribute.Strategy` (`tfvae.training.distribute`).
+        The model is built and compiled in its scope; the preset's batch size is the global
+        batch, split over the replicas, and the run's updates are those of one device with
+        that batch. Under "multiworker" steps_per_execution is 1, and every worker writes
+        the run directory: give each its own `out`.
 
     Every run seeds Python, NumPy, TensorFlow and Keras with the training section's `seed`
     before building the data pipeline and the model. With `deterministic: true` it also
@@ -123,6 +131,8 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
       TrainingDiverged (a ValueError): the loss became NaN or infinite; training stops at
         once and model.weights.h5 keeps the weights of the last epoch that ended finite.
     """
+    # First: MultiWorkerMirroredStrategy sets up collective ops, which must precede any other op.
+    strategy = make_strategy(strategy)
     if resume is not None:
         out, preset, protocol, weights, evaluate_after, data_dir = _resumed_run(
             resume, out, preset, model, training, evaluation, weights, data_dir)
@@ -145,12 +155,15 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
         preset.data.name, split=(preset.data.train_split, preset.data.eval_split), data_dir=data_dir,
         batch_size=t.batch_size, binarize=preset.data.binarize, seed=t.seed, labels=preset.data.labels,
         train_split=preset.data.train_split)
-    vae = build_model(preset.model)
     state_path = os.path.join(out, RESUME_FILE)
     state = read_state(state_path) if resume is not None else None
-    if weights is not None and state is None:
-        load_weights(vae, weights)
-    compile_model(vae, t)
+    with strategy.scope():     # mirrored variables, and optimizers that know the strategy
+        vae = build_model(preset.model)
+        if weights is not None and state is None:
+            load_weights(vae, weights)
+        compile_model(vae, dataclasses.replace(
+            t, steps_per_execution=supported_steps_per_execution(strategy, t.steps_per_execution)))
+    val_data = prepare_dataset(val_data, strategy, t.batch_size)   # equal shares; DATA sharding
     os.makedirs(out, exist_ok=True)
     if resume is None:
         atomic_write_text(os.path.join(out, CONFIG_FILE), yaml.safe_dump(preset.to_dict(), sort_keys=False))
@@ -193,7 +206,7 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
             preset.data.name, split=preset.data.train_split, data_dir=data_dir, batch_size=t.batch_size,
             binarize=preset.data.binarize, seed=t.seed, labels=preset.data.labels,
             train_split=preset.data.train_split)
-        stream = repeating(batches, t.steps_per_epoch)[0]
+        stream = prepare_dataset(repeating(batches, t.steps_per_epoch)[0], strategy)
         return stream.skip(global_step) if global_step else stream
 
     if not resume_state.finished:
