@@ -68,3 +68,26 @@ def test_presets_train_adam_with_the_fused_kernel():
     assert optimizer.epsilon == 1e-4
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
     assert isinstance(restored, FusedAdam) and restored.epsilon == 1e-4
+
+
+def test_fused_adam_sums_duplicate_rows_of_a_gather_gradient_before_squaring_them():
+    # Rows 1 and 1 and 2 of a codebook: the gradient is an IndexedSlices with a duplicate
+    # index. Adam on its dense sum is the reference (Keras' sparse path squares each slice).
+    rng = np.random.default_rng(0)
+    start, weights = rng.normal(size=(4, 2)).astype("float32"), rng.normal(size=(3, 2)).astype("float32")
+
+    def trajectory(optimizer, densify):
+        table = keras.Variable(start)
+        out = []
+        for _ in range(3):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.gather(table, [1, 1, 2]) * weights)
+            gradient = tape.gradient(loss, table)
+            assert isinstance(gradient, tf.IndexedSlices)
+            optimizer.apply([tf.convert_to_tensor(gradient) if densify else gradient], [table])
+            out.append(table.numpy().copy())
+        return out
+
+    expected = trajectory(keras.optimizers.Adam(0.1), densify=True)
+    np.testing.assert_allclose(trajectory(FusedAdam(0.1), densify=False), expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(trajectory(keras.optimizers.Adam(0.1), densify=False), expected)   # Keras' own path

@@ -31,7 +31,12 @@ class FusedAdam(keras.optimizers.Adam):
     round-off)."""
 
     def update_step(self, gradient, variable, learning_rate):
-        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
+        if isinstance(gradient, tf.IndexedSlices):
+            # A gather's gradient (e.g. a codebook row used twice in a batch). Keras' sparse Adam
+            # adds each slice's square to v before duplicate rows are summed, sum_i g_i^2 instead
+            # of (sum_i g_i)^2: summed into a dense gradient, the update is Adam's.
+            gradient = tf.convert_to_tensor(gradient)
+        if self.amsgrad:
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
         index = self._get_variable_index(variable)
