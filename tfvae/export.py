@@ -29,14 +29,46 @@ lists all seven signatures (`serving_default` being the one TF Serving calls by 
 Called as attributes, endpoints take their inputs positionally or by name; called through
 `loaded.signatures[name]`, by name only (x, z, condition, n, seed).
 
-Inputs are checked inside the graph, so the checks travel with the SavedModel: an empty
-batch, a NaN or Inf value, a value outside [0, 1] for a Bernoulli likelihood, a condition
-whose rows do not match x, or n outside [1, max_samples] raise `InvalidArgumentError` with
-a message saying what was expected. Wrong shapes, and tensors of another dtype, are
-refused by the signatures (TypeError/ValueError when called as attributes,
-InvalidArgumentError through `signatures`); numpy arrays and lists are converted to the
-signature's dtype first, as for any `tf.function`, so int pixels 0..255 reach the [0, 1]
-check of a Bernoulli model rather than being refused for their dtype.
+Hostile input. Every endpoint either returns outputs of the shapes above or raises one of
+`INPUT_ERRORS`; the checks are part of the graph, so they travel with the SavedModel:
+
+  * Values are asserted in the graph and raise `tf.errors.InvalidArgumentError` whose
+    message names the input and the problem: "x is an empty batch" (also z, condition:
+    an empty batch is refused, as by the Python API, rather than returning empty
+    outputs), "x has non-finite values (NaN or Inf)" (also z, condition), "x must lie in
+    [0, 1] for a Bernoulli likelihood" (continuous values in [0, 1] are accepted, as by
+    the Python API), "condition must have one row per example of x" (per row of z; per
+    sample or a single row for `sample`), "n must be at least 1", "n must be at most
+    max_samples=...".
+  * Structure: called as an attribute, an endpoint binds its arguments to the signature
+    first, and a wrong rank or size (x[0], a z of the wrong width, a seed of 3 ints), a
+    missing or extra argument, or a tensor of another dtype (float64, int, bfloat16,
+    string) raises TypeError (or ValueError) showing the signature ("... TensorSpec(shape=
+    (None, 6), dtype=tf.float32, name='x')"). Through `loaded.signatures[name]` (TF
+    Serving) a tensor of another dtype raises InvalidArgumentError ("input #0(zero-based)
+    was expected to be a float tensor but is a double tensor": inputs are numbered in the
+    alphabetical order of their names, condition, n, seed, x, z), and shapes are not checked
+    by the signature: the graph checks them itself (`tf.ensure_shape`), so a wrong shape
+    raises InvalidArgumentError "Shape of tensor x [3,5] is not compatible with expected
+    shape [?,6]" instead of reaching the networks (where a reshape could silently accept
+    it).
+  * Python values and numpy arrays are not tensors yet: TensorFlow converts them to the
+    signature's dtype with numpy's casting rules before the graph sees them, as for any
+    `tf.function`. So int pixels 0..255 reach the [0, 1] check of a Bernoulli model;
+    None, dicts, Python strings and ragged lists raise TypeError; float64 values beyond
+    the float32 range become Inf and are refused as non-finite; and, unlike the Python
+    API (which refuses them with ValueError), numpy complex arrays lose their imaginary
+    part (numpy's ComplexWarning), numpy string arrays of numbers are parsed, a numpy
+    float n is truncated, and an integer n is taken modulo 2**32 (2**32 + 5 becomes 5):
+    the graph only ever sees an int32 n, so the cap still bounds the work. Pass tensors of
+    the signature's dtype (as TF Serving does) for strict dtype checks.
+
+Work is bounded: `sample` draws at most `max_samples` rows; `log_likelihood` uses the k
+fixed at export, decoding at most max(batch, 2**16) samples at a time, so its time grows
+as batch * k and its memory as the batch. Finite inputs of any magnitude are accepted,
+and outputs are finite for inputs in the range of the data the model was trained on; far
+outside it float32 can overflow (with a Gaussian likelihood, |x| beyond about 1e19 makes
+(x - mean)^2 infinite), and outputs can then be Inf or NaN.
 
 The export is written to a temporary directory next to `path` and renamed into place, so a
 failure leaves the previous content of `path` (or nothing) there, never half a model.
@@ -59,6 +91,8 @@ from tfvae.version import versions
 
 ENDPOINTS = ("encode", "decode", "reconstruct", "sample", "elbo", "log_likelihood", "serving_default")
 METADATA_PATH = os.path.join("assets.extra", "tfvae_export.json")
+# What an endpoint of the loaded SavedModel may raise for a bad input (module docstring).
+INPUT_ERRORS = (tf.errors.InvalidArgumentError, TypeError, ValueError)
 FORMAT_VERSION = 1
 _INT32_MAX = 2**31 - 1
 _MODEL_CONTRACT = ("encode", "decode", "reconstruct", "sample", "elbo_terms", "log_weights",
@@ -66,25 +100,37 @@ _MODEL_CONTRACT = ("encode", "decode", "reconstruct", "sample", "elbo_terms", "l
 
 
 # --------------------------------------------------------------------- in-graph checks
-def _checked(x, what: str, support: str = "real"):
-    """x, made to depend on in-graph asserts: batch not empty, values finite and, for
-    support "unit_interval", in [0, 1]. The asserts run one after the other so that the
-    first failing one names the problem."""
-    check = tf.debugging.assert_positive(
-        tf.shape(x)[0], message=f"{what} is an empty batch; expected at least one example")
-    with tf.control_dependencies([check]):
-        check = tf.debugging.Assert(
-            tf.reduce_all(tf.math.is_finite(x)),
-            [f"{what} has non-finite values (NaN or Inf); expected finite numbers"])
-    if support == "unit_interval":
-        with tf.control_dependencies([check]):
-            low, high = tf.reduce_min(x), tf.reduce_max(x)
-            check = tf.debugging.Assert(
-                tf.logical_and(low >= 0.0, high <= 1.0),
-                [f"{what} must lie in [0, 1] for a Bernoulli likelihood (scale images with x / 255); "
-                 f"got min and max", low, high])
+def _after(check, x):
     with tf.control_dependencies([check]):
         return tf.identity(x)
+
+
+def _shape_checked(x, what: str, shape):
+    """x, after checking at run time that its shape is `shape` (None: any size). The
+    signature declares the shape, and calls through the loaded object's attributes enforce
+    it, but a call through `loaded.signatures[name]` (TF Serving) feeds the graph any
+    shape. `EnsureShape` rather than an Assert on tf.shape(x): graph optimisation folds
+    the rank of x to the declared one, so such an Assert would not see a wrong rank."""
+    return tf.ensure_shape(tf.identity(x, name=what), shape, name=f"{what}_shape")
+
+
+def _checked(x, what: str, shape, support: str = "real"):
+    """x, made to depend on in-graph asserts: shape `shape` ([None, ...]), batch not empty,
+    values finite and, for support "unit_interval", in [0, 1]. The asserts run one after
+    the other so that the first failing one names the problem."""
+    x = _shape_checked(x, what, shape)
+    x = _after(tf.debugging.assert_positive(
+        tf.shape(x)[0], message=f"{what} is an empty batch; expected at least one example"), x)
+    x = _after(tf.debugging.Assert(
+        tf.reduce_all(tf.math.is_finite(x)),
+        [f"{what} has non-finite values (NaN or Inf); expected finite numbers"]), x)
+    if support == "unit_interval":
+        low, high = tf.reduce_min(x), tf.reduce_max(x)
+        x = _after(tf.debugging.Assert(
+            tf.logical_and(low >= 0.0, high <= 1.0),
+            [f"{what} must lie in [0, 1] for a Bernoulli likelihood (scale images with x / 255); "
+             f"got min and max", low, high]), x)
+    return x
 
 
 def _rows_match(condition, rows, per: str, allow_one: bool = False):
@@ -105,14 +151,16 @@ def _endpoints(model, k: int, max_samples: int, export_seed: int) -> dict:
     the names of their signature's specs: `condition` only for a conditional model."""
     data_shape, latent_dim, condition_dim = tuple(model.data_shape), model.latent_dim, model.condition_dim
     support = getattr(model.likelihood, "support", "real")
+    x_shape, condition_shape = (None, *data_shape), (None, condition_dim)
 
     def fixed_seed():
         return tf.constant([export_seed, 0], tf.int32)
 
     def inputs(x, condition):
-        x = _checked(x, "x", support)
+        x = _checked(x, "x", x_shape, support)
         if condition_dim:
-            condition = _rows_match(_checked(condition, "condition"), tf.shape(x)[0], "example of x")
+            condition = _rows_match(_checked(condition, "condition", condition_shape), tf.shape(x)[0],
+                                    "example of x")
         return x, condition
 
     def encode(x, condition):
@@ -120,22 +168,23 @@ def _endpoints(model, k: int, max_samples: int, export_seed: int) -> dict:
         return {"mean": mean, "stddev": stddev}
 
     def decode(z, condition):
-        z = _checked(z, "z")
+        z = _checked(z, "z", (None, latent_dim))
         if condition_dim:
-            condition = _rows_match(_checked(condition, "condition"), tf.shape(z)[0], "row of z")
+            condition = _rows_match(_checked(condition, "condition", condition_shape), tf.shape(z)[0], "row of z")
         return {"mean": model.decode(z, condition).mean()}
 
     def reconstruct(x, condition):
         return {"reconstruction": model.reconstruct(*inputs(x, condition))}
 
     def sample(n, seed, condition):
+        n, seed = _shape_checked(n, "n", ()), _shape_checked(seed, "seed", (2,))
         checks = [tf.debugging.assert_greater_equal(n, 1, message="n must be at least 1"),
                   tf.debugging.assert_less_equal(n, max_samples,
                                                  message=f"n must be at most max_samples={max_samples}")]
         with tf.control_dependencies(checks):
             n = tf.identity(n)
         if condition_dim:
-            condition = _rows_match(_checked(condition, "condition"), n, "sample", allow_one=True)
+            condition = _rows_match(_checked(condition, "condition", condition_shape), n, "sample", allow_one=True)
         return {"x": model.sample(n, seed=seed, condition=condition)}
 
     def elbo(x, condition):
@@ -215,7 +264,9 @@ def _check_model(model):
 # --------------------------------------------------------------------- export
 def export(model, path, k: int = 1000, max_samples: int = 10000, seed: int = 0, verbose: bool = True) -> str:
     """Writes `model` as a SavedModel at `path` with the endpoints listed in the module
-    docstring, atomically; returns the absolute path.
+    docstring, atomically; returns the absolute path. The endpoints check their inputs in
+    the graph and refuse bad ones with one of `INPUT_ERRORS` (module docstring, "Hostile
+    input"); `k` and `max_samples` bound their work.
 
     Args:
       model: a model on the tfvae contract (`tfvae.models.BaseVAE` or a subclass).

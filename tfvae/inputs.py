@@ -1,41 +1,147 @@
 """Checks on what users pass to the Python API, with errors that say what was expected.
 
-Shapes are checked on every call (static shapes suffice). Values (finite, inside the
-likelihood's support, non-empty) are checked when they are concrete, i.e. outside compiled
-graphs: in `fit` the data has already passed these checks at the dataset boundary.
+Every array input (x, z, condition) goes through the same steps, in this order, and the
+first one that fails raises:
+
+    type    a numeric array: a tf.Tensor/Variable, numpy array, or (nested) list of
+            numbers of a real dtype (bool, int, uint, float16/bfloat16/float32/float64).
+            Anything else (None, a string, a dict, a ragged list, an object, datetime or
+            string array, a RaggedTensor) raises `NotNumericError` (a TypeError that is
+            also a ValueError); a complex array raises ValueError.
+    shape   [B, *event_shape] for `check_batch` (static shapes suffice).
+    values  non-empty; finite (no NaN or Inf); magnitudes within the float32 range (a
+            float64 1e300 would become Inf); inside the likelihood's support ([0, 1] for a
+            Bernoulli likelihood). Checked on concrete values only: numpy arrays and eager
+            tensors, never a symbolic tensor inside a compiled graph, so no host-side
+            assert ever enters a training step (there, a NaN in the data shows up as a
+            non-finite loss, which the training callback `StopOnNonFinite` reports).
+
+Then the value is cast to float32. An empty batch is refused everywhere, as by the exported
+SavedModel (`tfvae.export`). Counts (k, steps, ...) are Python ints in [minimum, 2**31 - 1]
+(`check_count`; TensorFlow sizes are int32); a number of samples n may also be a numpy
+integer or a scalar integer tensor (`check_sample_count`).
 """
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
+INT32_MAX = 2**31 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, tf.Tensor) or tf.executing_eagerly()
+
+class NotNumericError(TypeError, ValueError):
+    """An input that is not a numeric array at all (None, a string, a dict, a ragged list,
+    an object array...). A TypeError, and also a ValueError so that `except ValueError`
+    catches every bad-input error of the API (as `numpy.exceptions.AxisError` is both a
+    ValueError and an IndexError)."""
 
 
-def as_float_tensor(value, what: str):
-    """`value` as a float32 tensor (or the tensor itself); ValueError for non-numeric input."""
-    if isinstance(value, (tf.Tensor, tf.Variable)):
-        if not (value.dtype.is_floating or value.dtype.is_integer or value.dtype.is_bool):
-            raise ValueError(f"{what} must be numeric, got a tensor of dtype {value.dtype.name}")
-        return tf.cast(value, tf.float32) if value.dtype != tf.float32 else value
+# --------------------------------------------------------------------- conversion
+def _describe(value) -> str:
+    return type(value).__name__ if not isinstance(value, str) else f"the string {value[:20]!r}"
+
+
+def _real_dtype(dtype, what: str):
+    """Raises unless `dtype` (numpy or TensorFlow) is bool, integer or real floating."""
+    if isinstance(dtype, np.dtype):
+        if dtype.kind in "biuf":
+            return
+        if dtype.kind == "c":
+            raise ValueError(f"{what} must be real-valued, got complex dtype {dtype}; pass its real part "
+                             f"(np.real) if that is what you mean")
+        try:   # ml_dtypes' bfloat16 and friends have kind "V"
+            tf_dtype = tf.as_dtype(dtype)
+        except TypeError:
+            tf_dtype = None
+        if tf_dtype is None or not tf_dtype.is_floating:
+            raise NotNumericError(f"{what} must be a numeric array, got dtype {dtype}")
+        return
+    dtype = tf.as_dtype(dtype)
+    if dtype.is_complex:
+        raise ValueError(f"{what} must be real-valued, got a tensor of complex dtype {dtype.name}; "
+                         f"pass tf.math.real(...) if that is what you mean")
+    if not (dtype.is_floating or dtype.is_integer or dtype.is_bool):
+        raise NotNumericError(f"{what} must be numeric, got a tensor of dtype {dtype.name}")
+
+
+def _as_numeric(value, what: str):
+    """(value as a tf.Tensor or numpy array of a real numeric dtype, its values as a numpy
+    array when they are concrete (numpy input, eager tensor), else None)."""
+    if isinstance(value, (tf.RaggedTensor, tf.SparseTensor)):
+        raise NotNumericError(f"{what} must be a dense array, got a {type(value).__name__}")
+    if tf.is_tensor(value) or isinstance(value, tf.Variable):
+        tensor = tf.convert_to_tensor(value)   # reads a variable; no op for a tensor
+        _real_dtype(tensor.dtype, what)
+        return tensor, tensor.numpy() if hasattr(tensor, "numpy") else None
+    if value is None or isinstance(value, (str, bytes, dict, set)):
+        raise NotNumericError(f"{what} must be a numeric array (numpy array, nested list of numbers "
+                              f"or tensor), got {_describe(value)}")
     try:
         array = np.asarray(value)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{what} must be a numeric array, got {type(value).__name__}: {e}") from None
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise ValueError(f"{what} must be a numeric array, got dtype {array.dtype}")
-    return tf.convert_to_tensor(array.astype(np.float32))
+    except (ValueError, TypeError, OverflowError) as e:   # ragged nested lists and the like
+        raise NotNumericError(f"{what} must be a numeric array, got {type(value).__name__}: {e}") from None
+    _real_dtype(array.dtype, what)
+    return array, array
+
+
+def _check_values(values: np.ndarray, what: str, support: str = "real"):
+    """The value checks of the module docstring on a concrete array."""
+    if values.size == 0:
+        raise ValueError(f"{what} is empty (shape {values.shape}); pass at least one example")
+    if values.dtype.kind == "V":               # ml_dtypes' bfloat16: exact in float32
+        values = values.astype(np.float32)
+    if values.dtype.kind == "f":               # (bool and integer values are finite and within float32)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ValueError(f"{what} has {int(bad.sum())} non-finite values (NaN or Inf); "
+                             f"expected finite numbers")
+        if values.dtype.itemsize > 4:
+            largest = float(np.abs(values).max())
+            if largest > FLOAT32_MAX:
+                raise ValueError(f"{what} has values beyond the float32 range (largest magnitude {largest:g} "
+                                 f"> {FLOAT32_MAX:g}); models compute in float32")
+    if support == "unit_interval":
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"{what} must lie in [0, 1] for a Bernoulli likelihood, got values in "
+                             f"[{low:g}, {high:g}]; scale images to [0, 1] (x / 255)")
+
+
+def _to_float32(value):
+    if tf.is_tensor(value):
+        return tf.cast(value, tf.float32) if value.dtype != tf.float32 else value
+    return tf.convert_to_tensor(value.astype(np.float32, copy=False))
+
+
+# --------------------------------------------------------------------- public checks
+def as_float_tensor(value, what: str):
+    """`value` (an array of any real dtype and shape) as a float32 tensor, after the type
+    and value checks of the module docstring (values only when concrete).
+
+    Raises:
+      NotNumericError: not a numeric array (None, str, dict, ragged list, string tensor...).
+      ValueError: complex; empty; NaN or Inf; beyond the float32 range.
+    """
+    value, values = _as_numeric(value, what)
+    if values is not None:
+        _check_values(values, what)
+    return _to_float32(value)
 
 
 def check_batch(x, event_shape, what: str = "x", support: str = "real"):
-    """x as a float32 tensor of shape [B, *event_shape]; raises ValueError otherwise.
+    """x as a float32 tensor of shape [B, *event_shape], after the checks of the module
+    docstring.
 
     support: "unit_interval" requires values in [0, 1] (Bernoulli likelihood), "real" any
     finite value.
+
+    Raises:
+      NotNumericError: x is not a numeric array.
+      ValueError: complex dtype, wrong shape, empty batch, NaN/Inf, beyond float32, or
+        outside the support.
     """
-    x = as_float_tensor(x, what)
+    x, values = _as_numeric(x, what)
     expected = (None, *event_shape)
     shape = tuple(x.shape)
     if len(shape) != len(expected) or any(e is not None and s is not None and s != e
@@ -47,29 +153,54 @@ def check_batch(x, event_shape, what: str = "x", support: str = "real"):
             hint = f" (reshape it to (-1, {', '.join(map(str, event_shape))}))"
         raise ValueError(f"{what} must have shape (batch, {', '.join(map(str, event_shape))}), "
                          f"got {shape}{hint}")
-    if _is_concrete(x):
-        values = x.numpy()
+    if values is not None:
         if values.shape[0] == 0:
             raise ValueError(f"{what} is an empty batch (shape {shape}); pass at least one example")
-        bad = ~np.isfinite(values)
-        if bad.any():
-            raise ValueError(f"{what} has {int(bad.sum())} non-finite values (NaN or Inf); "
-                             f"expected finite numbers")
-        if support == "unit_interval" and (values.min() < 0 or values.max() > 1):
-            raise ValueError(f"{what} must lie in [0, 1] for a Bernoulli likelihood, got values in "
-                             f"[{values.min():g}, {values.max():g}]; scale images to [0, 1] (x / 255)")
-    return x
+        _check_values(values, what, support)
+    return _to_float32(x)
 
 
-def check_count(name: str, value, minimum: int = 1):
-    """Raises ValueError unless `value` is an int (not a bool) >= minimum (1 or 0)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def check_count(name: str, value, minimum: int = 1, maximum: int = INT32_MAX):
+    """Raises ValueError unless `value` is an int (not a bool) in [minimum, maximum]
+    (minimum 1 or 0; TensorFlow sizes are int32, hence the default maximum)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         kind = "a positive" if minimum == 1 else "a non-negative"
-        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+        bound = f" (at most {maximum})" if isinstance(value, int) and value > maximum else ""
+        raise ValueError(f"{name} must be {kind} integer{bound}, got {value!r}")
 
 
-def check_condition(condition, condition_dim: int, batch_size=None):
-    """The condition tensor [B, condition_dim] of a conditional model, or None for others."""
+def check_sample_count(n, what: str = "n", maximum: int = INT32_MAX):
+    """The number of samples `n` as a Python int in [1, maximum], or, for a symbolic scalar
+    integer tensor (inside a compiled graph or an export), the tensor itself as int32 (its
+    value is checked by whoever builds the graph: `tfvae.export` asserts it in-graph).
+
+    Accepts Python and numpy integers and integer tensors of rank 0; raises ValueError for
+    anything else (bool, float, str, None, arrays, n out of range).
+    """
+    if tf.is_tensor(n) and not hasattr(n, "numpy"):        # symbolic
+        if not (n.dtype.is_integer and n.shape.rank == 0):
+            raise ValueError(f"{what} must be a scalar integer tensor, got dtype {n.dtype.name}, shape {n.shape}")
+        return tf.cast(n, tf.int32)
+    if tf.is_tensor(n) or isinstance(n, np.ndarray):
+        dtype = tf.as_dtype(n.dtype) if tf.is_tensor(n) else None
+        is_int = dtype.is_integer if dtype is not None else n.dtype.kind in "iu"
+        if not is_int or len(n.shape) != 0:
+            raise ValueError(f"{what} must be a positive integer, got a {type(n).__name__} of dtype "
+                             f"{getattr(n.dtype, 'name', n.dtype)} and shape {tuple(n.shape)}")
+        n = int(n.numpy() if tf.is_tensor(n) else n)
+    elif isinstance(n, np.integer):
+        n = int(n)
+    check_count(what, n, 1, maximum)
+    return n
+
+
+def check_condition(condition, condition_dim: int, batch_size=None, against: str = "x",
+                    allow_one: bool = False):
+    """The condition tensor [B, condition_dim] of a conditional model, or None for others.
+
+    batch_size: the number of rows it must have (None: any), the rows of `against` (for
+    the message); allow_one: a single row is accepted too (broadcast to all rows).
+    """
     if condition_dim == 0:
         if condition is not None:
             raise ValueError("this model is not conditional (condition_dim=0) but a condition was given")
@@ -78,6 +209,19 @@ def check_condition(condition, condition_dim: int, batch_size=None):
         raise ValueError(f"this model is conditional: pass condition=... of shape (batch, {condition_dim}) "
                          f"(for labels: a one-hot vector)")
     condition = check_batch(condition, (condition_dim,), "condition")
-    if batch_size is not None and condition.shape[0] is not None and condition.shape[0] != batch_size:
-        raise ValueError(f"condition has {condition.shape[0]} rows but x has {batch_size}")
+    rows = condition.shape[0]
+    if batch_size is not None and rows is not None and rows != batch_size and not (allow_one and rows == 1):
+        expected = f"{batch_size}" + (" (or 1)" if allow_one else "")
+        raise ValueError(f"condition has {rows} rows but {against} has {batch_size}; expected {expected}")
     return condition
+
+
+def num_examples(data, what: str = "data") -> int:
+    """len(data) for an array of examples (rank >= 1, numeric), for callers that iterate
+    over it in batches (each batch then goes through `check_batch`)."""
+    shape = tuple(_as_numeric(data, what)[0].shape)
+    if len(shape) == 0:
+        raise ValueError(f"{what} must be an array of examples (batch, ...), got a scalar")
+    if shape[0] is None:
+        raise ValueError(f"{what} must have a known number of examples, got shape {shape}")
+    return int(shape[0])

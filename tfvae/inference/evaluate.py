@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae.inference.importance import DEFAULT_SAMPLES_PER_CHUNK, importance_sampling
+from tfvae.inputs import num_examples
 from tfvae.io import atomic_write_text
 
 PER_EXAMPLE_KEYS = ("log_px", "elbo", "log_px_z", "kl")
@@ -66,7 +67,8 @@ def evaluate(model, data, k: int = 5000, seed: int = 0, batch_size: int = 100,
     if isinstance(data, tf.data.Dataset):
         total = int(data.cardinality()) if int(data.cardinality()) >= 0 else None
     else:
-        n = len(data[0]) if isinstance(data, (tuple, list)) and len(data) == 2 else len(np.asarray(data))
+        pair = isinstance(data, (tuple, list)) and len(data) == 2
+        n = num_examples(data[0] if pair else data, "x" if pair else "data")
         total = -(-n // batch_size)
     progress = keras.utils.Progbar(total, unit_name="batch") if verbose else None
     collected = {key: [] for key in PER_EXAMPLE_KEYS}

@@ -33,7 +33,7 @@ import tensorflow_probability as tfp
 from tfvae.config import NonNegativeInt, PositiveInt, Sizes, validate
 from tfvae.distributions import (LIKELIHOODS, DiagonalGaussianPosterior, build_likelihood, moments,
                                  normalize_spec, standard_normal)
-from tfvae.inputs import as_float_tensor, check_batch, check_condition
+from tfvae.inputs import as_float_tensor, check_batch, check_condition, check_sample_count
 from tfvae.nets import build_decoder, build_encoder, normalize_net_spec
 
 tfd = tfp.distributions
@@ -279,7 +279,10 @@ class BaseVAE(keras.Model):
         leading = tf.shape(z)[:-1]
         flat_condition = None
         if self.condition_dim:
-            condition = check_condition(condition, self.condition_dim)
+            if z.shape.rank < 2:
+                raise ValueError(f"a conditional model decodes z of shape (..., batch, {self.latent_dim}), "
+                                 f"one condition row per batch row; got z of shape {tuple(z.shape)}")
+            condition = check_condition(condition, self.condition_dim, z.shape[-2], "z", allow_one=True)
             full = tf.concat([leading, [self.condition_dim]], axis=0)
             flat_condition = tf.reshape(tf.broadcast_to(condition, full), [-1, self.condition_dim])
         elif condition is not None:
@@ -440,13 +443,14 @@ class BaseVAE(keras.Model):
     def sample(self, n: int, seed=None, condition=None, mean: bool = True):
         """n draws x ~ p(x|z), z ~ p(z); the means of p(x|z) when `mean` (images without
         pixel noise), else samples. condition: [n, C] or [C] for a conditional model."""
-        if isinstance(n, bool) or not isinstance(n, (int, tf.Tensor)) or (isinstance(n, int) and n <= 0):
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        n = check_sample_count(n)
+        if self.condition_dim and condition is not None:
+            condition = as_float_tensor(condition, "condition")
+            if condition.shape.rank == 1:
+                condition = condition[None]        # one row for all n samples
+            condition = check_condition(condition, self.condition_dim, n if isinstance(n, int) else None,
+                                        "n (samples)", allow_one=True)
         seed = self._seed(seed)
         z = self.prior().sample(n, seed=seed)
-        if self.condition_dim:
-            condition = as_float_tensor(condition, "condition") if condition is not None else None
-            if condition is not None and condition.shape.rank == 1:
-                condition = tf.broadcast_to(condition, [n, self.condition_dim])
         p = self.decode(z, condition)
         return p.mean() if mean else p.sample(seed=tf.random.experimental.stateless_fold_in(seed, 1))
