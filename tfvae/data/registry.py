@@ -94,6 +94,16 @@ def _generated_reader(name: str) -> Reader:
     return read
 
 
+def _generated_spec(name: str, description: str) -> DatasetSpec:
+    """The spec of a data set of `GENERATED`: its image size and splits come from there."""
+    size, splits = GENERATED[name]
+    return DatasetSpec(
+        info=DatasetInfo(name=name, description=description, shape=(size, size, 1), splits=tuple(splits),
+                         binary=True, num_classes=len(shapes.SHAPE_NAMES), files={s: () for s in splits},
+                         factor_names=shapes.FACTOR_NAMES, factor_sizes=shapes.FACTOR_SIZES),
+        read=_generated_reader(name))
+
+
 DSPRITES_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 DSPRITES_TEST = (10000, 5_000_003)  # size, seed of the test subset
 
@@ -172,29 +182,14 @@ REGISTRY: dict[str, DatasetSpec] = {
             "t10k-images-idx3-ubyte.gz": ("md5:bef4ecab320f06d8554ea6380940ec79",),
             "t10k-labels-idx1-ubyte.gz": ("md5:bb300cfdad3c16e7a12a480ee83cd310",),
         }),
-    "shapes": DatasetSpec(
-        info=DatasetInfo(
-            name="shapes",
-            description="Generated binary 28x28 images of a square, ellipse or "
-                        "triangle (the 3 labels) on the dSprites factor grid (scale, "
-                        "orientation, x, y); 20000 train / 2000 test; no files, no network.",
-            shape=(28, 28, 1), splits=tuple(SHAPES_SPLITS), binary=True,
-            num_classes=len(shapes.SHAPE_NAMES),
-            files={s: () for s in SHAPES_SPLITS},
-            factor_names=shapes.FACTOR_NAMES, factor_sizes=shapes.FACTOR_SIZES),
-        read=_generated_reader("shapes")),
-    "shapes64": DatasetSpec(
-        info=DatasetInfo(
-            name="shapes64",
-            description="The shapes generator at 64x64 (the size of dSprites): square, "
-                        "ellipse or triangle (the 3 labels) on the dSprites factor grid; "
-                        "20000 train / 5000 test (330 + 80 MB as float32; generated in "
-                        "about 2-6 s on 2 CPU cores); no files, no network.",
-            shape=(64, 64, 1), splits=tuple(SHAPES64_SPLITS), binary=True,
-            num_classes=len(shapes.SHAPE_NAMES),
-            files={s: () for s in SHAPES64_SPLITS},
-            factor_names=shapes.FACTOR_NAMES, factor_sizes=shapes.FACTOR_SIZES),
-        read=_generated_reader("shapes64")),
+    "shapes": _generated_spec(
+        "shapes", "Generated binary 28x28 images of a square, ellipse or triangle (the 3 labels) on the "
+                  "dSprites factor grid (scale, orientation, x, y); 20000 train / 2000 test; no files, "
+                  "no network."),
+    "shapes64": _generated_spec(
+        "shapes64", "The shapes generator at 64x64 (the size of dSprites): square, ellipse or triangle "
+                    "(the 3 labels) on the dSprites factor grid; 20000 train / 5000 test (330 + 80 MB as "
+                    "float32; generated in about 2-6 s on 2 CPU cores); no files, no network."),
     "dsprites": DatasetSpec(
         info=DatasetInfo(
             name="dsprites",
