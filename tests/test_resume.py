@@ -161,6 +161,10 @@ def test_a_state_that_does_not_fit_the_model_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="holds 35 variables, the model and its optimizers 36"):
         restore_variables(model, (state[0] | {"variables": state[0]["variables"][:-1]}, state[1][:-1]), path)
 
+    kernel = model.encoder_net.trainable_variables[0]
+    kernel.assign(np.full(kernel.shape, np.nan, np.float32))   # a diverged model: nothing is written
+    assert not save_state(str(tmp_path / "diverged.npz"), model, {}) and not (tmp_path / "diverged.npz").exists()
+
     with open(path, "r+b") as f:           # damaged after it was written
         f.truncate(100)
     with pytest.raises(ValueError, match="cannot be read"):

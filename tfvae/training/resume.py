@@ -72,14 +72,21 @@ def _storable(value) -> np.ndarray:
     return value if value.dtype.kind in "fiub" else value.astype(np.float32)  # bfloat16: widen losslessly
 
 
-def save_state(path: str, model, meta: dict):
-    """Writes the model's training state and `meta` (JSON-able) to `path`, atomically. The
-    arrays are stored as v0, v1, ... in `state_variables` order, their names in meta["variables"]."""
+def save_state(path: str, model, meta: dict) -> bool:
+    """Writes the model's training state and `meta` (JSON-able) to `path`, atomically, and
+    returns True; writes nothing and returns False when a model weight is NaN or infinite (a
+    diverged model). The arrays are stored as v0, v1, ... in `state_variables` order, their
+    names in meta["variables"]."""
     named = state_variables(model)
-    arrays = {f"v{i}": _storable(v.numpy()) for i, (_, v) in enumerate(named)}
+    values = [_storable(v.numpy()) for _, v in named]
+    if any(name.startswith("model:") and value.dtype.kind == "f" and not np.isfinite(value).all()
+           for (name, _), value in zip(named, values)):
+        return False
+    arrays = {f"v{i}": value for i, value in enumerate(values)}
     arrays[META_KEY] = np.array(json.dumps({**meta, "variables": [name for name, _ in named]}))
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
+    return True
 
 
 def read_state(path: str) -> tuple[dict, list] | None:
@@ -152,27 +159,25 @@ class ResumeState(keras.callbacks.Callback):
         if self.checkpoints is not None:
             meta["checkpoints"] = {"best": self.checkpoints.best, "best_epoch": self.checkpoints.best_epoch}
         if self.early_stopping is not None:
-            meta["early_stopping"] = {k: _json_number(getattr(self.early_stopping, k, None))
-                                      for k in EARLY_STOPPING_STATE}
+            meta["early_stopping"] = self._early_stopping_counters()
         return meta
+
+    def _early_stopping_counters(self) -> dict:
+        return {k: _json_number(getattr(self.early_stopping, k, None)) for k in EARLY_STOPPING_STATE}
 
     def elapsed(self) -> float:
         return self.train_seconds + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
 
     def save(self):
-        from tfvae.training.callbacks import non_finite_weights
-        if non_finite_weights(self.model):
-            return
-        save_state(self.path, self.model, self.meta())
-        self._last_save = time.perf_counter()
+        if save_state(self.path, self.model, self.meta()):
+            self._last_save = time.perf_counter()
 
     # ----------------------------------------------------------------- Keras hooks
     def on_train_begin(self, logs=None):
         if self.pending is not None:
             meta = self.pending[0]
             if self.checkpoints is not None and meta.get("checkpoints"):
-                best = meta["checkpoints"]["best"]
-                self.checkpoints.best = float("inf") if best is None else best
+                self.checkpoints.best = meta["checkpoints"]["best"]    # JSON keeps inf as Infinity
                 self.checkpoints.best_epoch = meta["checkpoints"]["best_epoch"]
             if self.early_stopping is not None and self.early_stopping.restore_best_weights:
                 self._restore_best_weights()
@@ -211,8 +216,7 @@ class ResumeState(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self.train_seconds, self._clock = self.elapsed(), None
         if self.early_stopping is not None:
-            self._early_stopping_state = {k: _json_number(getattr(self.early_stopping, k, None))
-                                          for k in EARLY_STOPPING_STATE}
+            self._early_stopping_state = self._early_stopping_counters()
 
     def mark_finished(self):
         """Saves the state of the finished training (after EarlyStopping may have restored the
