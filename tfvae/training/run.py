@@ -197,12 +197,15 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
                 steps_per_epoch=steps, callbacks=run_callbacks, verbose=verbose,
                 shuffle=False)  # the pipeline shuffles
 
+    unread = [train_data]
+
     def stream_from(global_step):
         """The training stream from `global_step` on. It is one pass after another over the
         shuffled data (`repeating`), so skipping the steps already taken yields the batches an
-        uninterrupted run reads next. Each call loads the data afresh: a second iterator over
-        one shuffled Dataset object would draw the next shuffle order, not the first."""
-        batches = train_data if global_step == 0 else datasets.load(
+        uninterrupted run reads next. The first call reads the data loaded above; a later one
+        loads it afresh: a second iterator over one shuffled Dataset object would draw the
+        next shuffle order, not the first."""
+        batches = unread.pop() if unread else datasets.load(
             preset.data.name, split=preset.data.train_split, data_dir=data_dir, batch_size=t.batch_size,
             binarize=preset.data.binarize, seed=t.seed, labels=preset.data.labels,
             train_split=preset.data.train_split)
