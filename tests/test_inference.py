@@ -44,8 +44,11 @@ def test_importance_sampling_converges_to_the_exact_log_likelihood(trained_linea
 
 
 def test_the_iwae_bound_grows_with_k(trained_linear):
+    # Each bound averaged over 50 examples and 10 seeds: the encoder is a good proposal here,
+    # so E[L_10] - E[L_1] is small, and one seed's Monte Carlo error could hide it.
     model, x = trained_linear
-    means = [tfvae.log_likelihood(model, x, k=k, seed=2).numpy().mean() for k in (1, 10, 1000)]
+    means = [np.mean([tfvae.log_likelihood(model, x, k=k, seed=s).numpy().mean() for s in range(10)])
+             for k in (1, 10, 1000)]
     assert means[0] < means[1] < means[2] <= model.exact_log_likelihood(x).numpy().mean() + 0.01
 
 

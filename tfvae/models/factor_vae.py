@@ -41,6 +41,7 @@ from typing import Annotated
 import keras
 import tensorflow as tf
 
+from tfvae import seeds
 from tfvae.config import ALL_POSITIVE, Check, NonNegativeFloat, validate
 from tfvae.models.base import BaseVAE, apply_mean_gradients, as_seed
 from tfvae.optimizers import FusedAdam
@@ -60,7 +61,7 @@ def permute_dims(z, seed):
     argsort of stateless uniform noise [B, L] from `seed` (an int or a [2] int tensor), so
     the permutation is reproducible and stays on the device."""
     z = tf.convert_to_tensor(z)
-    noise = tf.random.stateless_uniform(tf.shape(z), seed=as_seed(seed))
+    noise = seeds.uniform(tf.shape(z), as_seed(seed))
     order = tf.argsort(noise, axis=0)                                  # [B, L]: one permutation per column
     # Gather along the batch axis, one column at a time: [L, B] with batch_dims over L.
     permuted = tf.gather(tf.transpose(z), tf.transpose(order), axis=1, batch_dims=1)

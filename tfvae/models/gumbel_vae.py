@@ -67,6 +67,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfvae import seeds
 from tfvae.config import (Check, ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, validate)
 from tfvae.models.base import BaseVAE
 from tfvae.registry import register
@@ -169,7 +170,7 @@ class CategoricalProduct(tfd.Distribution):
     def _perturbed_logits(self, sample_shape, seed):
         """l + g [*sample_shape, *batch, sum K], g standard Gumbel from one stateless uniform draw."""
         shape = tf.concat([tf.cast(sample_shape, tf.int32), tf.shape(self._logits)], 0)
-        uniform = tf.random.stateless_uniform(shape, tfp.random.sanitize_seed(seed), minval=_TINY, maxval=1.0)
+        uniform = _TINY + (1.0 - _TINY) * seeds.uniform(shape, tfp.random.sanitize_seed(seed))     # [_TINY, 1)
         return self._logits - tf.math.log(-tf.math.log(uniform))
 
     def categorical_kl_to_uniform(self):

@@ -53,7 +53,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.config import NonNegativeInt, Sizes, validate
-from tfvae.distributions import positive_scale
+from tfvae.distributions import DiagonalNormal, positive_scale
 from tfvae.models.base import BaseVAE
 from tfvae.nets.mlp import check_activation
 from tfvae.registry import register
@@ -208,7 +208,7 @@ class IAFPosterior:
 
     def distribution(self, params) -> tfd.Distribution:
         loc, scale, context = self.split(params)
-        base = tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale)
+        base = DiagonalNormal(loc=loc, scale_diag=scale)
         if not self.made_steps:
             return base
         return tfd.TransformedDistribution(base, self.flow(context))

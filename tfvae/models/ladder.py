@@ -29,7 +29,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.config import ConfigError, PositiveInt, Sizes, validate
-from tfvae.distributions import DiagonalGaussianPosterior, positive_scale
+from tfvae.distributions import DiagonalGaussianPosterior, DiagonalNormal, positive_scale
 from tfvae.models.hierarchy import GaussianMLP, TwoLayerVAE, TwoLevelChain, activation_fn, resolve_latent_dims
 from tfvae.nets.mlp import dense_stack
 from tfvae.registry import register
@@ -125,7 +125,7 @@ class LadderVAE(TwoLayerVAE):
         def q_z1_given_z2(z2):
             top_down = self.top_down.distribution(z2)
             loc, scale = precision_weighted_merge(loc_hat, scale_hat, top_down.mean(), top_down.stddev())
-            return tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale)
+            return DiagonalNormal(loc=loc, scale_diag=scale)
 
         return TwoLevelChain(DiagonalGaussianPosterior.distribution(params2), q_z1_given_z2,
                              first_is_z1=False, sizes=self.latent_dims, name="posterior")

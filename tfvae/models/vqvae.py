@@ -71,6 +71,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfvae import seeds
 from tfvae.config import Check, ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, validate
 from tfvae.models.base import BaseVAE, as_seed
 from tfvae.registry import register
@@ -113,8 +114,8 @@ def straight_through(z_e, codes):
 def codebook_usage(indices, codebook_size: int):
     """(perplexity, fraction of codes used), scalars, of the code indices (any shape):
     exp(-sum_j p_j log p_j) with p_j the frequency of code j, and #{j: p_j > 0} / K."""
-    counts = tf.math.bincount(tf.reshape(indices, [-1]), minlength=codebook_size, maxlength=codebook_size,
-                              dtype=tf.float32)
+    # A sum of one-hot rows, not tf.math.bincount: XLA has no kernel for bincount.
+    counts = tf.reduce_sum(tf.one_hot(tf.reshape(indices, [-1]), codebook_size, dtype=tf.float32), axis=0)
     p = counts / tf.reduce_sum(counts)
     perplexity = tf.exp(-tf.reduce_sum(tf.math.xlogy(p, p)))
     return perplexity, tf.reduce_mean(tf.cast(counts > 0, tf.float32))
@@ -131,8 +132,7 @@ def restart_dead_codes(cluster_size, embed_sum, codebook, vectors, threshold: fl
     """(N, m, codebook) with every code whose N_j < threshold moved to one of the vectors
     [N, D] drawn uniformly at random (stateless `seed`, shape [2]), with N_j = 1, m_j = e_j."""
     dead = cluster_size < threshold                                                     # [K]
-    picks = tf.random.stateless_uniform(tf.shape(cluster_size), seed=seed, minval=0, maxval=tf.shape(vectors)[0],
-                                        dtype=tf.int32)
+    picks = seeds.integers(tf.shape(cluster_size), seed, tf.shape(vectors)[0])
     fresh = tf.gather(vectors, picks)                                                   # [K, D]
     codebook = tf.where(dead[:, tf.newaxis], fresh, codebook)
     embed_sum = tf.where(dead[:, tf.newaxis], fresh, embed_sum)
@@ -185,8 +185,7 @@ class UniformCodebookPrior(tfd.Distribution):
         return tf.constant([self._num_latents * self._dim], tf.int32)
 
     def _sample_n(self, n, seed=None):
-        indices = tf.random.stateless_uniform([n, self._num_latents], seed=tfp.random.sanitize_seed(seed),
-                                              minval=0, maxval=self._size, dtype=tf.int32)
+        indices = seeds.integers([n, self._num_latents], tfp.random.sanitize_seed(seed), self._size)
         return tf.reshape(tf.gather(self._codebook, indices), [n, self._num_latents * self._dim])
 
     def _log_prob(self, z):
