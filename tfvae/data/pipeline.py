@@ -77,20 +77,45 @@ def _pipeline(meta, is_train, arrays, mode, batch_size, shuffle, seed, labels,
     dynamic = mode == "dynamic" and is_train
     if mode == "static" or (mode == "dynamic" and not is_train):
         images = bernoulli(images, seed)
-    if labels:
-        one_hot = np.eye(meta.num_classes, dtype=np.float32)[y]
-        ds = tf.data.Dataset.from_tensor_slices((images, one_hot))
-    else:
-        ds = tf.data.Dataset.from_tensor_slices(images)
+    elements = (images, np.eye(meta.num_classes, dtype=np.float32)[y]) if labels else images
     shuffled = is_train if shuffle is None else shuffle
-    if shuffled:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = batches(elements, batch_size, shuffled, seed, drop_remainder)
     if dynamic:
         ds = _binarize_batches(ds, seed, labels)
     elif not shuffled:
         ds = ds.cache()  # identical every epoch: batch once
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def batches(arrays, batch_size: int, shuffle: bool, seed: int = 0, drop_remainder: bool = False) -> tf.data.Dataset:
+    """Batches of in-memory `arrays` (one array or a tuple of arrays with equal first
+    dimensions); with `shuffle`, in a new random order every pass, seeded by `seed`.
+
+    A pass draws one permutation of the N example indices (stateless, from a key that a
+    seeded `Dataset.random` redraws every pass, so a repeated or second iterator gets the
+    next order and the same seed repeats them all), cuts it into rows of B indices, and
+    gathers each batch in one op. The common form, `from_tensor_slices(x).shuffle(N).batch(B)`,
+    moves every example through the pipeline one by one: 0.52 ms per batch of 100 MNIST
+    images against 0.24 ms here, on input threads that share the 2 cores with the training
+    step (docs/performance.md).
+    """
+    tensors = tf.nest.map_structure(tf.constant, arrays)
+    count = len(tf.nest.flatten(arrays)[0])
+    full, rest = divmod(count, batch_size)
+
+    def rows_of(order):
+        rows = tf.data.Dataset.from_tensor_slices(tf.reshape(order[:full * batch_size], [full, batch_size]))
+        if rest and not drop_remainder:
+            rows = rows.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size:]))
+        return rows
+
+    if shuffle:
+        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+        orders = keys.map(lambda key: tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=tf.stack([key, tf.constant(seed, tf.int64)])))
+    else:
+        orders = tf.data.Dataset.from_tensors(tf.range(count, dtype=tf.int64))
+    return orders.flat_map(rows_of).map(lambda rows: tf.nest.map_structure(lambda t: tf.gather(t, rows), tensors))
 
 
 def bernoulli(images: np.ndarray, seed: int) -> np.ndarray:
