@@ -67,8 +67,8 @@ def cmd_train(args):
                                       steps_per_execution=args.steps_per_execution,
                                       kl_warmup_epochs=args.kl_warmup_epochs,
                                       checkpoint_seconds=args.checkpoint_seconds).items() if v is not None}
-    if args.jit_compile:
-        training["jit_compile"] = True
+    if args.jit_compile is not None:
+        training["jit_compile"] = args.jit_compile
     if args.deterministic:
         training["deterministic"] = True
     evaluation = {k: v for k, v in dict(k=args.eval_k, examples=args.eval_examples).items() if v is not None}
@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--steps-per-epoch", type=int, help="limit each epoch to this many steps")
     p.add_argument("--steps-per-execution", type=int, help="training steps per compiled call")
-    p.add_argument("--jit-compile", action="store_true", help="compile the steps with XLA")
+    p.add_argument("--jit-compile", action=argparse.BooleanOptionalAction,
+                   help="compile the steps with XLA (the presets' default; --no-jit-compile turns it off)")
     p.add_argument("--deterministic", action="store_true",
                    help="enable TensorFlow op determinism: the same seed gives bit-identical weights "
                         "(slower; on a GPU, ops without a deterministic kernel raise)")

@@ -30,25 +30,17 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfvae import steps
 from tfvae.config import NonNegativeInt, PositiveInt, Sizes, validate
 from tfvae.distributions import (LIKELIHOODS, DiagonalGaussianPosterior, build_likelihood, moments,
                                  normalize_spec, standard_normal)
 from tfvae.inputs import as_float_tensor, check_batch, check_condition, check_sample_count
 from tfvae.nets import build_decoder, build_encoder, normalize_net_spec
+from tfvae.seeds import as_seed  # noqa: F401  (re-exported: tfvae.models.base.as_seed)
 
 tfd = tfp.distributions
 
 METRIC_NAMES = ("loss", "elbo", "log_px_z", "kl")
-
-
-def as_seed(seed) -> tf.Tensor:
-    """A stateless seed (int32 tensor of shape [2]) from an int or a length-2 sequence/tensor."""
-    if isinstance(seed, int):
-        return tf.constant([seed, 0], tf.int32)
-    seed = tf.convert_to_tensor(seed)
-    if seed.shape.rank != 1 or (seed.shape[0] is not None and seed.shape[0] != 2):
-        raise ValueError(f"a seed is an int or a pair of ints, got shape {seed.shape}")
-    return tf.cast(seed, tf.int32)
 
 
 # ----------------------------------------------------------------- tf.distribute
@@ -427,6 +419,27 @@ class BaseVAE(keras.Model):
         x, condition = self.unpack(data)
         loss, terms = self.objective_and_terms(x, condition, training=False)
         return self._record(loss, terms)
+
+    def make_train_function(self, force=False):
+        """Keras' train function; with jit_compile on one device, its `steps_per_execution`
+        steps per call run as one XLA program (`tfvae.steps`)."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force)
+        if steps.applies(self):
+            self.train_function = steps.multi_step_function(self.train_step, self.train_function,
+                                                            self.steps_per_execution)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        """As `make_train_function`, for `evaluate` and the validation of `fit`."""
+        if self.test_function is not None and not force:
+            return self.test_function
+        super().make_test_function(force)
+        if steps.applies(self):
+            self.test_function = steps.multi_step_function(self.test_step, self.test_function,
+                                                           self.steps_per_execution)
+        return self.test_function
 
     def call(self, inputs, training=False):
         """The reconstruction mean E[x | z = E_q[z]]; inputs are x or (x, condition)."""
