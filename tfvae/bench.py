@@ -2,8 +2,15 @@
 the machine's matmul rate and, with `--vs-torch`, against the PyTorch reference loop.
 
 Every figure goes through the package's public path:
-  * train: `from_preset(REFERENCE_PRESET)` + Keras `fit` on a repeating `tf.data` stream,
-    examples/s of each epoch of `steps` steps; the first epoch (tracing) is not counted.
+  * train: the preset's model (`vae_reference_bmnist` at batch 128 and 512 by default; any zoo
+    preset with `--preset NAME`, at its own batch size or at each `--batch-size`) compiled
+    with its training section + Keras `fit` on a repeating `tf.data` stream, examples/s of
+    each epoch of `steps` steps; the first epoch (tracing) is not counted. Also reported: the
+    median milliseconds per step.
+  * lean (next to train): for a plain `vae` with MLP networks, a Bernoulli likelihood and no
+    condition, in float32, the same network trained by `tfvae.lean_step` (hand-written
+    TensorFlow, XLA, 10 steps per call, nothing from tfvae) for the same steps at the same
+    batch; `vs_lean` = tfvae / lean is what the library costs. `--no-lean` skips it.
   * iwae-eval: `tfvae.evaluate(model, x, k=5000)`, examples/s of log p(x) (and the ELBO
     it reports alongside), after one untimed call that traces the batch shape.
   * svi: `optimize_posterior(model, x, "diag", steps=100, tolerance=None)`, examples/s of
@@ -12,19 +19,21 @@ Every figure goes through the package's public path:
 
 FLOPs are counted from the network's dense layers, multiply-adds as 2 FLOPs, matmuls only
 (biases, activations, the likelihood and the optimizer are not counted, so the fraction
-of peak is a lower bound on the work done):
+of peak is a lower bound on the work done; networks with other weighted layers, e.g. conv
+presets, get no count, and their GFLOP/s and fraction of peak are None, printed "-"):
   forward F = sum over layers 2 * fan_in * fan_out        (encoder E + decoder D)
   train     = 3F - 2 * fan_in * fan_out of the first encoder layer (no gradient w.r.t. x)
   iwae-eval = E + k * D
   svi       = E + steps * samples * 2D   (forward, and backward to z only: the weights are
               fixed, so their gradients are never formed)
 
-With --vs-torch, rounds alternate with `../shared/bench/torch_reference.py` (same model,
-same batch, same number of steps) run in a subprocess; each side's figure is the median of
-its rounds and the ratio is tfvae's median over torch's. Shared machines drift, so only
-ratios measured in the same run mean anything. Each round also records the CPU that other
-processes used meanwhile (`other_cpu_cores`, from /proc/stat); rounds above 0.2 of a core
-are flagged.
+With --vs-torch, rounds alternate (tfvae, lean, torch, tfvae, ...) with
+`../shared/bench/torch_reference.py` (same network, same batch, same number of steps) run in
+a subprocess, for the presets the lean step applies to whose activation is relu or tanh;
+each side's figure is the median of its rounds, `ratio` (printed "vs torch") is tfvae's
+median over torch's. Shared machines drift, so only ratios measured in the same run mean
+anything. Each round also records the CPU that other processes used meanwhile, per side
+(`other_cpu_cores`, from /proc/stat); rounds above 0.2 of a core are flagged.
 """
 from __future__ import annotations
 
@@ -48,14 +57,22 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 
 # ----------------------------------------------------------------------------- FLOPs
 def dense_layers(net) -> list[tuple[int, int]]:
-    """(fan_in, fan_out) of every Dense layer of a network body, in call order."""
+    """(fan_in, fan_out) of every Dense layer of a network body, in call order; ValueError
+    when the body has a layer with weights that is not Dense (a convolution, say), whose
+    work the count would miss."""
     import keras
+    leaves = [layer for layer in net._flatten_layers(include_self=False)
+              if not list(layer._flatten_layers(include_self=False))]
+    other = [type(layer).__name__ for layer in leaves if layer.weights and not isinstance(layer, keras.layers.Dense)]
+    if other:
+        raise ValueError(f"FLOP counting needs dense networks; {net.name} has {', '.join(sorted(set(other)))}")
     return [(int(layer.kernel.shape[0]), int(layer.kernel.shape[1]))
-            for layer in net._flatten_layers(include_self=False) if isinstance(layer, keras.layers.Dense)]
+            for layer in leaves if isinstance(layer, keras.layers.Dense)]
 
 
 def flops_per_example(model) -> dict:
-    """Matmul FLOPs per example of the model's encoder and decoder (see the module doc)."""
+    """Matmul FLOPs per example of the model's encoder and decoder (see the module doc);
+    ValueError for networks that are not all Dense layers."""
     encoder, decoder = dense_layers(model.encoder_net), dense_layers(model.decoder_net)
     if not encoder or not decoder:
         raise ValueError("FLOP counting needs dense encoder and decoder networks (an MLP model)")
@@ -167,6 +184,51 @@ class TorchReference:
         return float(result["examples_per_s"])
 
 
+# ----------------------------------------------------------------------------- the lean side
+TORCH_ACTIVATIONS = ("relu", "tanh")     # what torch_reference.py's --activation accepts
+LEAN_OPTIONS = {"steps_per_call": 10, "jit_compile": True}    # of tfvae.lean_step.LeanVAEStep
+
+
+def lean_network(model_config) -> dict | None:
+    """The network of `tfvae.lean_step` that trains the same model as a preset's model
+    config (`preset.model`, {"class": ..., ...}), or None when there is none: the model must
+    be the plain `vae` (closed-form KL, no condition) with MLP encoder and decoder of one
+    activation, which `tf.nn` has, and a Bernoulli likelihood. Returns {"hidden": encoder
+    widths, "decoder_hidden": decoder widths (a `decoder: null` config repeats the encoder's
+    in the same order), "latent", "activation", "data_dim": pixels per example}."""
+    import tensorflow as tf
+
+    from tfvae.config import validate
+    from tfvae.distributions import LIKELIHOODS, normalize_spec
+    from tfvae.nets import normalize_net_spec
+    from tfvae.registry import get_model_class
+    config = dict(model_config)
+    if config.pop("class", None) != "vae":
+        return None
+    args = validate(get_model_class("vae"), config, "model 'vae'")
+    encoder = normalize_net_spec(args["encoder"])
+    decoder = encoder if args["decoder"] is None else normalize_net_spec(args["decoder"])
+    likelihood = normalize_spec(args["likelihood"], LIKELIHOODS, "likelihood")
+    if (args["condition_dim"] or args["kl"] != "analytic" or likelihood["type"] != "bernoulli"
+            or encoder["type"] != "mlp" or decoder["type"] != "mlp" or decoder["activation"] != encoder["activation"]
+            or not callable(getattr(tf.nn, encoder["activation"], None))):
+        return None
+    return {"hidden": [int(w) for w in encoder["hidden"]], "decoder_hidden": [int(w) for w in decoder["hidden"]],
+            "latent": int(args["latent_dim"]), "activation": encoder["activation"],
+            "data_dim": math.prod(args["data_shape"])}
+
+
+def torch_options(network: dict | None) -> dict | None:
+    """`torch_reference.py train` options that build a lean network, or None when the
+    reference cannot: it takes 784 pixels, mirrored widths (the decoder's reverse the
+    encoder's), at least one hidden layer, and relu or tanh."""
+    if (network is None or network["data_dim"] != 784 or not network["hidden"]
+            or network["decoder_hidden"] != network["hidden"][::-1] or network["activation"] not in TORCH_ACTIVATIONS):
+        return None
+    return {"hidden": ",".join(str(w) for w in network["hidden"]), "latent": network["latent"],
+            "activation": network["activation"]}
+
+
 # ----------------------------------------------------------------------------- data
 def reference_data(data_dir: str | None, examples: int, split: str):
     """(images [N, 28, 28, 1] float32, source): binarized MNIST from `data_dir` when given,
@@ -180,20 +242,43 @@ def reference_data(data_dir: str | None, examples: int, split: str):
     return images, "random binary images (as torch_reference.py; pass --data-dir for binarized MNIST)"
 
 
-def training_stream(images, batch_size: int, seed: int = 0):
-    """The training input: shuffled every pass, batched, repeated, prefetched. One iterator
-    serves the whole of `fit` (steps_per_epoch), so no epoch pays for a new one."""
+def preset_data(data_shape, condition_dim: int, data_dir: str | None, examples: int, split: str):
+    """(images [N, *data_shape], conditions [N, condition_dim] or None, source) to train a
+    model on: the reference's data (`reference_data`) for 784-pixel models, else random
+    binary images of the model's shape; random one-hot conditions for a conditional model."""
+    import numpy as np
+    data_shape = tuple(data_shape)
+    if math.prod(data_shape) == 784:
+        images, source = reference_data(data_dir, examples, split)
+        images = images.reshape(len(images), *data_shape)
+    else:
+        images = (np.random.default_rng(0).random((examples, *data_shape)) > 0.5).astype("float32")
+        source = f"random binary images of shape {data_shape}"
+    if not condition_dim:
+        return images, None, source
+    labels = np.random.default_rng(1).integers(condition_dim, size=len(images))
+    return images, np.eye(condition_dim, dtype="float32")[labels], f"{source}; random one-hot conditions"
+
+
+def training_stream(images, batch_size: int, seed: int = 0, conditions=None):
+    """The training input: shuffled every pass, batched, repeated, prefetched; (x, c) pairs
+    when `conditions` are given. One iterator serves the whole of `fit` (steps_per_epoch),
+    so no epoch pays for a new one."""
     import tensorflow as tf
-    return (tf.data.Dataset.from_tensor_slices(images).shuffle(len(images), seed=seed)
-            .batch(batch_size).repeat().prefetch(tf.data.AUTOTUNE))
+
+    from tfvae.data.pipeline import batches
+    elements = images if conditions is None else (images, conditions)
+    return batches(elements, batch_size, shuffle=True, seed=seed).repeat().prefetch(tf.data.AUTOTUNE)
 
 
 # ----------------------------------------------------------------------------- measurements
 def _median_row(name, setting, rates, flops, peak, torch_rates=None, loads=None):
+    """A result row: the median of `rates`, its GFLOP/s and fraction of `peak` (None without
+    a FLOP count), and the torch median and ratio (tfvae / torch) when there are torch rounds."""
     row = {"name": name, **setting, "examples_per_s": statistics.median(rates), "rounds": rates,
            "flops_per_example": flops}
-    row["gflops"] = row["examples_per_s"] * flops / 1e9
-    row["fraction_of_peak"] = row["gflops"] / peak
+    row["gflops"] = None if flops is None else row["examples_per_s"] * flops / 1e9
+    row["fraction_of_peak"] = None if flops is None else row["gflops"] / peak
     if torch_rates:
         row["torch_examples_per_s"] = statistics.median(torch_rates)
         row["torch_rounds"] = torch_rates
@@ -203,24 +288,51 @@ def _median_row(name, setting, rates, flops, peak, torch_rates=None, loads=None)
     return row
 
 
-def bench_train(images, batch_size, steps, rounds, precision, peak, torch=None, training=None, log=print):
-    """Examples/s of `fit` on the reference preset (its training section, with `training`
-    overrides); with `torch`, a torch round after each epoch."""
+def ms_per_step(rates, batch_size: int) -> float:
+    """The median over rounds of the milliseconds one step took, 1000 * batch / (examples/s)."""
+    return statistics.median(1000 * batch_size / rate for rate in rates)
+
+
+def train_flops(model) -> int | None:
+    """Matmul FLOPs of one training example, or None for networks that are not all dense."""
+    try:
+        return flops_per_example(model)["train"]
+    except ValueError:
+        return None
+
+
+def bench_train(preset, data, batch_size, steps, rounds, precision, peak, torch=None, training=None, lean=True,
+                log=print):
+    """Examples/s of `fit` on `preset`'s model (its training section at `batch_size`, with
+    `training` overrides) on `data(model)` = (images, conditions or None). After each epoch
+    come a lean round (when `lean`, in float32, for a model `lean_network` covers) and a
+    torch round (with `torch`, for a network `torch_options` covers), each of the same
+    `steps` steps at the same batch."""
     import dataclasses
 
     import keras
 
     from tfvae.config import validate
-    from tfvae.presets import TrainingSection, build_model, compile_model, load_preset
-    preset = load_preset(REFERENCE_PRESET)
+    from tfvae.presets import TrainingSection, build_model, compile_model
     settings = dataclasses.replace(preset.training, batch_size=batch_size,
                                    **validate(TrainingSection, training or {}, "training overrides", False))
     keras.utils.set_random_seed(0)
     model = build_model(preset.model, precision=precision)
     compile_model(model, settings)
-    flops = flops_per_example(model)["train"]
-    rates, torch_rates, loads = [], [], []
-    state = {}
+    images, conditions = data(model)
+    tag = f"train{_preset_label(preset.name)} b={batch_size} {precision}"
+    network = lean_network(preset.model)
+    sides = []            # (name, measure, rates) of the rounds after each tfvae round, in order
+    if lean and network is not None and precision == "float32":
+        from tfvae.lean_step import LeanBenchmark
+        lean_bench = LeanBenchmark(images, batch_size, learning_rate=settings.learning_rate, **network,
+                                   **LEAN_OPTIONS)
+        log(f"  {tag}: lean warm-up (tracing, compiling) {lean_bench.warm_up(steps):.1f} s")
+        sides.append(("lean", lambda: lean_bench.round(steps), []))
+    options = torch_options(network)
+    if torch is not None and options is not None:
+        sides.append(("torch", lambda: torch.run("train", **options, batch=batch_size, steps=steps), []))
+    rates, loads, state = [], [], {}
 
     class Rounds(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -230,21 +342,29 @@ def bench_train(images, batch_size, steps, rounds, precision, peak, torch=None, 
             load = state["load"]
             load.__exit__(None, None, None)
             if epoch == 0:
-                log(f"  train b={batch_size} {precision}: warm-up epoch (tracing) {load.seconds:.1f} s")
+                log(f"  {tag}: warm-up epoch (tracing) {load.seconds:.1f} s")
                 return
             rates.append(steps * batch_size / load.seconds)
             loads.append({"tfvae": load.cores})
-            message = f"  train b={batch_size} {precision} round {epoch}/{rounds}: tfvae {rates[-1]:,.0f} ex/s"
-            if torch is not None:
-                rate = _reference_round(torch, torch_rates, loads, "train", batch=batch_size, steps=steps)
-                message += f", torch {rate:,.0f} ex/s"
+            message = f"  {tag} round {epoch}/{rounds}: tfvae {rates[-1]:,.0f} ex/s"
+            for name, measure, side_rates in sides:
+                message += f", {name} {_side_round(name, measure, side_rates, loads):,.0f} ex/s"
             log(message + _load_note(loads[-1]))
 
-    model.fit(training_stream(images, batch_size), epochs=rounds + 1, steps_per_epoch=steps, verbose=0,
-              callbacks=[Rounds()], shuffle=False)   # the stream shuffles
-    setting = {"batch_size": batch_size, "precision": precision,
+    model.fit(training_stream(images, batch_size, conditions=conditions), epochs=rounds + 1, steps_per_epoch=steps,
+              verbose=0, callbacks=[Rounds()], shuffle=False)   # the stream shuffles
+    setting = {"preset": preset.name, "batch_size": batch_size, "steps": steps, "precision": precision,
                "steps_per_execution": settings.steps_per_execution, "jit_compile": settings.jit_compile}
-    return model, _median_row("train", setting, rates, flops, peak, torch_rates, loads)
+    measured = {name: side_rates for name, _, side_rates in sides}
+    row = _median_row("train", setting, rates, train_flops(model), peak, measured.get("torch"), loads)
+    row["ms_per_step"] = ms_per_step(rates, batch_size)
+    if "lean" in measured:
+        lean_rates = measured["lean"]
+        row.update(lean_examples_per_s=statistics.median(lean_rates), lean_rounds=lean_rates,
+                   lean_ms_per_step=ms_per_step(lean_rates, batch_size),
+                   lean={**network, **LEAN_OPTIONS})
+        row["vs_lean"] = row["examples_per_s"] / row["lean_examples_per_s"]
+    return model, row
 
 
 def bench_iwae_eval(model, images, k, batch_size, rounds, peak, torch=None, log=print):
@@ -261,7 +381,7 @@ def bench_iwae_eval(model, images, k, batch_size, rounds, peak, torch=None, log=
         loads.append({"tfvae": load.cores})
         message = f"  iwae-eval k={k} round {r + 1}/{rounds}: tfvae {rates[-1]:.1f} ex/s"
         if torch is not None:
-            rate = _reference_round(torch, torch_rates, loads, "iwae-eval", k=k, examples=examples)
+            rate = _side_round("torch", lambda: torch.run("iwae-eval", k=k, examples=examples), torch_rates, loads)
             message += f", torch {rate:.1f} ex/s"
         log(message + _load_note(loads[-1]))
     row = _median_row("iwae-eval", {"k": k, "batch_size": batch_size, "examples": examples}, rates,
@@ -286,12 +406,13 @@ def bench_svi(model, images, steps, samples, rounds, peak, log=print):
                        svi_flops(flops_per_example(model), steps, samples), peak)
 
 
-def _reference_round(torch, rates, loads, mode, **options) -> float:
-    """One PyTorch round after a tfvae round: appends its examples/s to `rates` and the CPU
-    other processes used meanwhile to `loads[-1]` (the tfvae round's entry); returns the rate."""
+def _side_round(side, measure, rates, loads) -> float:
+    """One round of another side (lean, torch) after a tfvae round: appends `measure()`'s
+    examples/s to `rates` and the CPU other processes used meanwhile to `loads[-1]` (the
+    tfvae round's entry), under the side's name; returns the rate."""
     with OtherLoad() as load:
-        rates.append(torch.run(mode, **options))
-    loads[-1]["torch"] = load.cores
+        rates.append(measure())
+    loads[-1][side] = load.cores
     return rates[-1]
 
 
@@ -301,37 +422,62 @@ def _load_note(loads: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- report
+def _preset_label(name: str) -> str:
+    """' NAME' for a preset other than the reference one, whose rows carry no name."""
+    return "" if name == REFERENCE_PRESET else f" {name}"
+
+
+def row_label(row: dict) -> str:
+    if row["name"] == "train":
+        name = _preset_label(row.get("preset", REFERENCE_PRESET))
+        label = f"train{name}  batch {row['batch_size']} {row['precision']}"
+        if row["steps_per_execution"] > 1 or row["jit_compile"]:
+            label += f" spe={row['steps_per_execution']}" + (" xla" if row["jit_compile"] else "")
+        return label
+    if row["name"] == "iwae-eval":
+        return f"iwae-eval  k={row['k']} batch {row['batch_size']}"
+    return f"svi  {row['steps']} steps x {row['samples']} samples"
+
+
+def _cell(value, width: int, spec: str) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
+
+
 def format_table(result: dict) -> str:
     peak = result["matmul_peak_gflops"]
+    labels = [row_label(row) for row in result["results"]]
+    width = max([40, *(len(label) + 1 for label in labels)])
     lines = [f"float32 matmul peak: {peak:.0f} GFLOP/s (n={result['matmul_n']}); "
              f"{result['cpu_count']} CPUs; data: {result['data']}",
-             f"{'benchmark':<40} {'tfvae ex/s':>11} {'GFLOP/s':>8} {'of peak':>8} {'torch ex/s':>11} {'ratio':>6}"]
-    for row in result["results"]:
+             f"{'benchmark':<{width}} {'tfvae ex/s':>11} {'GFLOP/s':>8} {'of peak':>8} {'lean ex/s':>11} "
+             f"{'vs lean':>7} {'torch ex/s':>11} {'vs torch':>8}"]
+    for label, row in zip(labels, result["results"]):
+        lines.append(f"{label:<{width}} {row['examples_per_s']:>11,.1f} {_cell(row['gflops'], 8, '.1f')} "
+                     f"{_cell(row['fraction_of_peak'], 8, '.0%')} {_cell(row.get('lean_examples_per_s'), 11, ',.1f')} "
+                     f"{_cell(row.get('vs_lean'), 7, '.2f')} {_cell(row.get('torch_examples_per_s'), 11, ',.1f')} "
+                     f"{_cell(row.get('ratio'), 8, '.2f')}")
+    for label, row in zip(labels, result["results"]):
         if row["name"] == "train":
-            label = f"train  batch {row['batch_size']} {row['precision']}"
-            if row["steps_per_execution"] > 1 or row["jit_compile"]:
-                label += f" spe={row['steps_per_execution']}" + (" xla" if row["jit_compile"] else "")
+            lean = f" (lean {row['lean_ms_per_step']:.2f})" if "lean_ms_per_step" in row else ""
+            lines.append(f"{label}: {row['ms_per_step']:.2f} ms per step{lean}")
         elif row["name"] == "iwae-eval":
-            label = f"iwae-eval  k={row['k']} batch {row['batch_size']}"
-        else:
-            label = f"svi  {row['steps']} steps x {row['samples']} samples"
-        torch = f"{row['torch_examples_per_s']:>11,.1f}" if "torch_examples_per_s" in row else f"{'-':>11}"
-        ratio = f"{row['ratio']:>6.2f}" if "ratio" in row else f"{'-':>6}"
-        lines.append(f"{label:<40} {row['examples_per_s']:>11,.1f} {row['gflops']:>8.1f} "
-                     f"{row['fraction_of_peak']:>8.0%} {torch} {ratio}")
-    for row in result["results"]:
-        if row["name"] == "iwae-eval":
             lines.append(f"iwae-eval peak resident memory: {row['peak_rss_gib']:.2f} GiB")
     return "\n".join(lines)
 
 
-def run(benchmarks=("train", "iwae-eval", "svi"), batch_sizes=(128, 512), precisions=("float32",),
+def run(benchmarks=("train", "iwae-eval", "svi"), batch_sizes=None, precisions=("float32",), presets=(),
         train_examples=51200, rounds=5, k=5000, eval_examples=20, eval_batch_size=20, svi_examples=100,
         svi_steps=100, svi_samples=8, vs_torch=False, torch_reference=None, data_dir=None, matmul_n=4096,
-        training=None, log=print) -> dict:
-    """Runs the benchmarks and returns the result dict (what `main` prints and writes)."""
+        training=None, lean=True, log=print) -> dict:
+    """Runs the benchmarks and returns the result dict (what `main` prints and writes).
+
+    Training rows: each of `presets` at each of `batch_sizes` (None: the preset's own
+    batch), or without presets the reference preset at each of `batch_sizes` (None: 128 and
+    512). iwae-eval and svi always run on the reference preset's model."""
     import tensorflow as tf
 
+    from tfvae.config import validate
+    from tfvae.presets import TrainingSection, from_preset, load_preset
     from tfvae.version import versions
     for name in benchmarks:
         if name not in ("train", "iwae-eval", "svi"):
@@ -339,28 +485,50 @@ def run(benchmarks=("train", "iwae-eval", "svi"), batch_sizes=(128, 512), precis
     for p in precisions:
         if p not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {p!r}")
+    training = dict(training or {})
+    if "batch_size" in training:
+        raise ValueError("set the training batch with --batch-size, not --training batch_size")
+    validate(TrainingSection, training, "training overrides", False)
+    if presets:
+        plan = [(preset, b) for preset in map(load_preset, presets)
+                for b in batch_sizes or (preset.training.batch_size,)]
+    else:
+        plan = [(load_preset(REFERENCE_PRESET), b) for b in batch_sizes or (128, 512)]
     torch = TorchReference(torch_reference or default_reference()) if vs_torch else None
     log(f"matmul peak: {matmul_n}^3 float32 matmuls")
     peak = matmul_peak(matmul_n)
-    images, source = reference_data(data_dir, train_examples, "train")
+    sources, cache = [], {}
+
+    def data(model):
+        key = (tuple(model.data_shape), model.condition_dim)
+        if key not in cache:
+            images, conditions, source = preset_data(*key, data_dir, train_examples, "train")
+            cache[key] = images, conditions
+            sources.extend(source.split("; "))
+        return cache[key]
+
     results, model = [], None
     if "train" in benchmarks:
         for precision in precisions:
-            for b in batch_sizes:
+            for preset, b in plan:
                 steps = max(1, train_examples // b)
-                model, row = bench_train(images, b, steps, rounds, precision, peak, torch, training, log)
+                trained, row = bench_train(preset, data, b, steps, rounds, precision, peak, torch, training, lean, log)
                 results.append(row)
-    if model is None or model.precision != "float32":
-        from tfvae.presets import from_preset
+                if preset.name == REFERENCE_PRESET and precision == "float32":
+                    model = trained
+    if model is None and ("iwae-eval" in benchmarks or "svi" in benchmarks):
         model = from_preset(REFERENCE_PRESET)
     if "iwae-eval" in benchmarks:
-        test, _ = reference_data(data_dir, eval_examples, "test")
+        test, source = reference_data(data_dir, eval_examples, "test")
+        sources.append(source)
         results.append(bench_iwae_eval(model, test, k, min(eval_batch_size, eval_examples), rounds, peak, torch, log))
     if "svi" in benchmarks:
-        test, _ = reference_data(data_dir, svi_examples, "test")
+        test, source = reference_data(data_dir, svi_examples, "test")
+        sources.append(source)
         results.append(bench_svi(model, test, svi_steps, svi_samples, rounds, peak, log))
-    return {"matmul_peak_gflops": peak, "matmul_n": matmul_n, "cpu_count": os.cpu_count(), "data": source,
-            "results": results, "preset": REFERENCE_PRESET,
+    return {"matmul_peak_gflops": peak, "matmul_n": matmul_n, "cpu_count": os.cpu_count(),
+            "data": "; ".join(dict.fromkeys(sources)), "results": results, "preset": REFERENCE_PRESET,
+            "train_presets": list(dict.fromkeys(preset.name for preset, _ in plan)) if "train" in benchmarks else [],
             "threads": {"tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                         "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                         "torch": torch.info.get("threads") if torch else None},
@@ -381,14 +549,21 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", action="append", choices=["train", "iwae-eval", "svi"],
                    help="run only this benchmark (repeatable; default: all three)")
+    p.add_argument("--preset", action="append", metavar="NAME",
+                   help="train this zoo preset's model with its training section, at its own batch size or "
+                        "at each --batch-size (repeatable; default: the reference network, vae_reference_bmnist)")
     p.add_argument("--vs-torch", action="store_true", help="alternate rounds with the PyTorch reference loop")
     p.add_argument("--torch-reference", type=Path,
                    help="path of torch_reference.py (default: $TFVAE_SHARED/bench, else ../shared/bench)")
-    p.add_argument("--batch-size", type=int, action="append", help="training batch (repeatable; default: 128 and 512)")
+    p.add_argument("--no-lean", action="store_true",
+                   help="skip the lean rounds (the same network in hand-written TensorFlow, tfvae.lean_step)")
+    p.add_argument("--batch-size", type=int, action="append",
+                   help="training batch (repeatable; default: 128 and 512 for the reference network, "
+                        "each preset's own with --preset)")
     p.add_argument("--precision", action="append", choices=PRECISIONS,
                    help="training precision (repeatable; default: float32)")
     p.add_argument("--training", action="append", type=_key_value, metavar="KEY=VALUE",
-                   help="override a training setting of the preset, e.g. steps_per_execution=10 or "
+                   help="override a training setting of the preset(s), e.g. steps_per_execution=10 or "
                         "jit_compile=true (repeatable)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per benchmark (default: 5; medians)")
     p.add_argument("--train-examples", type=int, default=51200,
@@ -420,12 +595,13 @@ def main(argv=None) -> int:
         print(message, file=sys.stderr, flush=True)
     try:
         result = run(benchmarks=tuple(args.only or ("train", "iwae-eval", "svi")),
-                     batch_sizes=tuple(args.batch_size or (128, 512)),
-                     precisions=tuple(args.precision or ("float32",)), train_examples=args.train_examples,
-                     rounds=args.rounds, k=args.k, eval_examples=args.eval_examples,
-                     eval_batch_size=args.eval_batch_size, svi_examples=args.svi_examples,
-                     svi_steps=args.svi_steps, vs_torch=args.vs_torch, torch_reference=args.torch_reference,
-                     data_dir=args.data_dir, matmul_n=args.matmul_n, training=dict(args.training or []), log=log)
+                     batch_sizes=tuple(args.batch_size) if args.batch_size else None,
+                     precisions=tuple(args.precision or ("float32",)), presets=tuple(args.preset or ()),
+                     train_examples=args.train_examples, rounds=args.rounds, k=args.k,
+                     eval_examples=args.eval_examples, eval_batch_size=args.eval_batch_size,
+                     svi_examples=args.svi_examples, svi_steps=args.svi_steps, vs_torch=args.vs_torch,
+                     torch_reference=args.torch_reference, data_dir=args.data_dir, matmul_n=args.matmul_n,
+                     training=dict(args.training or []), lean=not args.no_lean, log=log)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"tfvae bench: error: {e}", file=sys.stderr)
         return 2
