@@ -676,3 +676,15 @@ def test_bad_slices_say_what_is_valid(split, message):
         data.load_arrays("shapes", split)
     with pytest.raises(DataError, match=message):
         data.load("shapes", ("train", split))
+
+
+@pytest.mark.parametrize("count, batch, drop, expected", [(10, 4, False, 3), (10, 4, True, 2), (8, 4, False, 2)])
+def test_batches_know_their_count_and_cover_every_example_once_per_pass(count, batch, drop, expected):
+    # train() counts an epoch's steps from the pipeline's cardinality; a pass holds every row once.
+    from tfvae.data.pipeline import batches
+    ds = batches(np.arange(count, dtype=np.float32), batch, shuffle=True, seed=1, drop_remainder=drop)
+    assert int(ds.cardinality()) == expected
+    first, second = [np.concatenate([b.numpy() for b in ds]) for _ in range(2)]
+    assert len(first) == (expected * batch if drop else count) and len(set(first)) == len(first)
+    if not drop:
+        assert sorted(first) == sorted(second) == list(range(count)) and list(first) != list(second)

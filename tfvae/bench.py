@@ -239,7 +239,7 @@ def reference_data(data_dir: str | None, examples: int, split: str):
         images, _ = load_arrays("binarized_mnist", split, data_dir, download=False)
         return images[:examples], f"binarized_mnist {split} ({data_dir})"
     images = (np.random.default_rng(0).random((examples, 28, 28, 1)) > 0.5).astype("float32")
-    return images, "random binary images (as torch_reference.py; pass --data-dir for binarized MNIST)"
+    return images, "random binary images (as torch_reference.py, or --data-dir for binarized MNIST)"
 
 
 def preset_data(data_shape, condition_dim: int, data_dir: str | None, examples: int, split: str):

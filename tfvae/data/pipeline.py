@@ -115,7 +115,10 @@ def batches(arrays, batch_size: int, shuffle: bool, seed: int = 0, drop_remainde
             tf.range(count, dtype=tf.int64), seed=tf.stack([key, tf.constant(seed, tf.int64)])))
     else:
         orders = tf.data.Dataset.from_tensors(tf.range(count, dtype=tf.int64))
-    return orders.flat_map(rows_of).map(lambda rows: tf.nest.map_structure(lambda t: tf.gather(t, rows), tensors))
+    count_batches = full + (1 if rest and not drop_remainder else 0)
+    return (orders.flat_map(rows_of)
+            .apply(tf.data.experimental.assert_cardinality(count_batches))   # flat_map hides it
+            .map(lambda rows: tf.nest.map_structure(lambda t: tf.gather(t, rows), tensors)))
 
 
 def bernoulli(images: np.ndarray, seed: int) -> np.ndarray:
