@@ -4,9 +4,9 @@ Keras runs `steps_per_execution` = n steps per call of its train function as a T
 `while_loop` that pulls each batch from the iterator and calls the step, itself an
 XLA-compiled function when `jit_compile` is on: n XLA launches per call, each with its
 variable snapshot and compile-cache lookup, between graph ops of the iterator. For the
-small networks of the zoo that is a large share of a step: `vae_bmnist` at batch 100 ran
-its steps at 4.5 ms inside one XLA loop and 6 ms as separate launches from a graph loop on
-a 2-core CPU (docs/performance.md).
+small networks of the zoo that is a large share of a step: `vae_bmnist`'s step at batch 100
+took 7.8 ms inside one XLA loop and 9.3 ms as separate launches from a graph loop, alternating
+in one process on a loaded 2-core CPU (docs/performance.md).
 
 `multi_step_function` takes the n batches from the iterator first and runs the n steps as
 one XLA program, a loop over the stacked batches:
