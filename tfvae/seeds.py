@@ -43,26 +43,22 @@ def philox_key(seed) -> tf.Tensor:
                       [1])
 
 
-_COUNTER_ZERO = (0, 0)
+def _philox(seed) -> dict:
+    """The key, counter (0) and algorithm arguments of TF's raw stateless ops for `seed`."""
+    return dict(key=philox_key(seed), counter=tf.zeros([2], tf.uint64), alg=PHILOX)
 
 
 def normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
     """Standard normal draws of `shape` from the stateless `seed` [2] (see the module doc)."""
-    return tf.raw_ops.StatelessRandomNormalV2(shape=shape, key=philox_key(seed),
-                                              counter=tf.constant(_COUNTER_ZERO, tf.uint64), alg=PHILOX,
-                                              dtype=dtype)
+    return tf.raw_ops.StatelessRandomNormalV2(shape=shape, dtype=dtype, **_philox(seed))
 
 
 def integers(shape, seed, maxval) -> tf.Tensor:
     """Integers drawn uniformly from {0, ..., maxval - 1} (int32), of `shape`, from `seed` [2]."""
-    return tf.raw_ops.StatelessRandomUniformIntV2(shape=shape, key=philox_key(seed),
-                                                  counter=tf.constant(_COUNTER_ZERO, tf.uint64), alg=PHILOX,
-                                                  minval=tf.constant(0, tf.int32),
-                                                  maxval=tf.cast(maxval, tf.int32))
+    return tf.raw_ops.StatelessRandomUniformIntV2(shape=shape, minval=tf.constant(0, tf.int32),
+                                                  maxval=tf.cast(maxval, tf.int32), **_philox(seed))
 
 
 def uniform(shape, seed, dtype=tf.float32) -> tf.Tensor:
     """Uniform draws on [0, 1) of `shape` from the stateless `seed` [2]."""
-    return tf.raw_ops.StatelessRandomUniformV2(shape=shape, key=philox_key(seed),
-                                               counter=tf.constant(_COUNTER_ZERO, tf.uint64), alg=PHILOX,
-                                               dtype=dtype)
+    return tf.raw_ops.StatelessRandomUniformV2(shape=shape, dtype=dtype, **_philox(seed))

@@ -31,6 +31,14 @@ def applies(model) -> bool:
             and not tf.distribute.has_strategy() and getattr(model, "fuse_steps", True))
 
 
+def fused(model, step, keras_function):
+    """`model`'s train (or test) function: `multi_step_function` of its `step` where it
+    `applies`, else Keras' own `keras_function` unchanged."""
+    if not applies(model):
+        return keras_function
+    return multi_step_function(step, keras_function, model.steps_per_execution)
+
+
 def _spec_of_one(stacked):
     """The TensorSpec of one batch of a structure of stacked [n, ...] tensors."""
     return tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape[1:], t.dtype), stacked)

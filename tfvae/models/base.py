@@ -424,23 +424,17 @@ class BaseVAE(keras.Model):
 
     def make_train_function(self, force=False):
         """Keras' train function; with jit_compile on one device, its `steps_per_execution`
-        steps per call run as one XLA program (`tfvae.steps`)."""
-        if self.train_function is not None and not force:
-            return self.train_function
-        super().make_train_function(force)
-        if steps.applies(self):
-            self.train_function = steps.multi_step_function(self.train_step, self.train_function,
-                                                            self.steps_per_execution)
+        steps per call run as one XLA program (`tfvae.steps.fused`)."""
+        if self.train_function is None or force:
+            super().make_train_function(force)
+            self.train_function = steps.fused(self, self.train_step, self.train_function)
         return self.train_function
 
     def make_test_function(self, force=False):
         """As `make_train_function`, for `evaluate` and the validation of `fit`."""
-        if self.test_function is not None and not force:
-            return self.test_function
-        super().make_test_function(force)
-        if steps.applies(self):
-            self.test_function = steps.multi_step_function(self.test_step, self.test_function,
-                                                           self.steps_per_execution)
+        if self.test_function is None or force:
+            super().make_test_function(force)
+            self.test_function = steps.fused(self, self.test_step, self.test_function)
         return self.test_function
 
     def call(self, inputs, training=False):
