@@ -32,6 +32,7 @@ setup(
         "numpy",
         "pyyaml",
         "matplotlib",
+        "pillow",
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
     entry_points={"console_scripts": ["tfvae=tfvae.cli:main"]},
