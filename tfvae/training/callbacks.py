@@ -10,9 +10,11 @@ import csv
 import io
 import math
 import os
+import shutil
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfvae.io import atomic_path, atomic_write_text
 from tfvae.training.images import save_image_grid
@@ -145,19 +147,18 @@ class Checkpoints(keras.callbacks.Callback):
         self.best = math.inf
         self.best_epoch = None
 
-    def _save(self, path):
-        with atomic_path(path, suffix=".weights.h5") as tmp:
-            self.model.save_weights(tmp)
-
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if not np.isfinite(logs.get("loss", 0.0)) or non_finite_weights(self.model):
             return
-        self._save(self.last_path)
+        with atomic_path(self.last_path, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp)
         value = logs.get(self.monitor, logs.get("loss"))
         if value is not None and np.isfinite(value) and value < self.best:
             self.best, self.best_epoch = float(value), epoch + 1
-            self._save(self.best_path)
+            # The same weights: a copy of the file costs a millisecond, Keras' save_weights ~0.1 s.
+            with atomic_path(self.best_path, suffix=".weights.h5") as tmp:
+                shutil.copyfile(self.last_path, tmp)
 
 
 class HistoryCSV(keras.callbacks.Callback):
@@ -194,19 +195,29 @@ def read_history(path: str, before_epoch: int | None = None) -> list[dict]:
 
 class ImageGrid(keras.callbacks.Callback):
     """Every `every` epochs, a PNG of fixed inputs, their reconstructions and samples
-    from the prior (fixed seed), so that epochs can be compared by eye."""
+    from the prior (fixed seed), so that epochs can be compared by eye.
+
+    The reconstructions and samples come from one graph function traced at the first grid
+    (the model's variables are read at each call): run eagerly they took ~0.1 s a grid, 3%
+    of a `vae_bmnist` epoch."""
 
     def __init__(self, x, directory: str, condition=None, every: int = 1, n: int = 16, seed: int = 0):
         super().__init__()
         self.x = np.asarray(x[:n])
         self.condition = None if condition is None else np.asarray(condition[:n])
         self.directory, self.every, self.seed = directory, every, seed
+        self._draw = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self._draw = tf.function(lambda: (model.reconstruct(self.x, self.condition),
+                                          model.sample(len(self.x), seed=self.seed, condition=self.condition)),
+                                 autograph=False)
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.every or (epoch + 1) % self.every:
             return
-        reconstruction = self.model.reconstruct(self.x, self.condition).numpy()
-        samples = self.model.sample(len(self.x), seed=self.seed, condition=self.condition).numpy()
+        reconstruction, samples = (t.numpy() for t in self._draw())
         loss = (logs or {}).get("val_loss", (logs or {}).get("loss"))
         save_image_grid({"data": self.x, "reconstruction (mean of p(x|z), z = mean of q)": reconstruction,
                          "samples (mean of p(x|z), z ~ p(z))": samples},
