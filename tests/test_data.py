@@ -421,6 +421,19 @@ def test_tuple_of_splits(bmnist_dir):
         data.load("binarized_mnist", ("test", "tset"), data_dir=bmnist_dir)
 
 
+def test_each_split_of_a_tuple_can_have_its_own_batch_size(bmnist_dir, bmnist_test):
+    valid, test = data.load("binarized_mnist", ("valid", "test"), data_dir=bmnist_dir, batch_size=(3000, 4000))
+    assert [b.shape[0] for b in valid] == [3000, 3000, 3000, 1000]
+    test_batches = list(test)
+    assert [b.shape[0] for b in test_batches] == [4000, 4000, 2000]
+    np.testing.assert_array_equal(np.concatenate(test_batches), bmnist_test)     # file order, all of it
+    for sizes in ((100,), (100, 200, 300), (100, 0)):
+        with pytest.raises(ValueError, match="batch_size must be"):
+            data.load("binarized_mnist", ("valid", "test"), data_dir=bmnist_dir, batch_size=sizes)
+    with pytest.raises(ValueError, match="one per split of a tuple of splits"):
+        data.load("binarized_mnist", "test", data_dir=bmnist_dir, batch_size=(100,))
+
+
 def test_binarizing_binary_data_is_a_no_op(bmnist_dir, bmnist_test):
     for mode in ("static", "dynamic"):
         ds = data.load("binarized_mnist", "test", data_dir=bmnist_dir, binarize=mode,

@@ -14,7 +14,7 @@ from .registry import get_spec
 BINARIZE_MODES = (None, "static", "dynamic", "none")
 
 
-def load(name: str, split="train", data_dir=None, batch_size: int = 100,
+def load(name: str, split="train", data_dir=None, batch_size: int | tuple[int, ...] = 100,
          binarize: str | None = None, shuffle: bool | None = None, seed: int = 0,
          labels: bool = False, max_examples: int | None = None, download: bool = True,
          drop_remainder: bool = False, verify: bool = False, train_split: str | None = None):
@@ -23,6 +23,8 @@ def load(name: str, split="train", data_dir=None, batch_size: int = 100,
     Elements are images ``float32 [B, H, W, C]``, or ``(images, one_hot)`` with
     ``one_hot`` float32 ``[B, num_classes]`` when ``labels``.
 
+    - ``batch_size``: examples per batch; for a tuple of splits, one size for all or a
+      tuple of sizes, one per split (e.g. a larger batch for the validation split).
     - ``split``: a split name or a slice of one in file order, taken before any
       shuffling or subsampling: ``"test[:8000]"``, ``"test[8000:]"`` (negative
       and open bounds as in Python).
@@ -38,7 +40,6 @@ def load(name: str, split="train", data_dir=None, batch_size: int = 100,
       every training batch and epoch (reproducible from ``seed``) and once, fixed,
       for other splits. Binary data sets are never binarized.
     """
-    _check_arguments(batch_size, binarize, shuffle, seed, labels, max_examples)
     spec = get_spec(name)
     meta = spec.info
     splits = (split,) if isinstance(split, str) else split
@@ -46,6 +47,12 @@ def load(name: str, split="train", data_dir=None, batch_size: int = 100,
             isinstance(s, str) for s in splits):
         raise ValueError(f"split must be a split name or a non-empty tuple of them, "
                          f"got {split!r}")
+    sizes = tuple(batch_size) if isinstance(batch_size, (tuple, list)) else (batch_size,) * len(splits)
+    if len(sizes) != len(splits) or (isinstance(split, str) and sizes != (batch_size,)):
+        raise ValueError(f"batch_size must be one positive integer, or one per split of a tuple of "
+                         f"splits ({len(splits)} here), got {batch_size!r}")
+    for size in sizes:
+        _check_arguments(size, binarize, shuffle, seed, labels, max_examples)
     parsed = [check_split(meta, s) for s in splits]
     if train_split is not None:
         if not isinstance(train_split, str) or train_split not in splits:
@@ -62,8 +69,8 @@ def load(name: str, split="train", data_dir=None, batch_size: int = 100,
         mode = None
     datasets = tuple(
         _pipeline(meta, train, load_arrays(name, s, data_dir, download, verify), mode,
-                  batch_size, shuffle, seed, labels, max_examples, drop_remainder)
-        for s, train in zip(splits, is_train))
+                  size, shuffle, seed, labels, max_examples, drop_remainder)
+        for s, train, size in zip(splits, is_train, sizes))
     return datasets[0] if isinstance(split, str) else datasets
 
 

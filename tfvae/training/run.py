@@ -153,8 +153,8 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     # Data and model first: a bad data dir or config must not leave a half-made run directory.
     train_data, val_data = datasets.load(
         preset.data.name, split=(preset.data.train_split, preset.data.eval_split), data_dir=data_dir,
-        batch_size=t.batch_size, binarize=preset.data.binarize, seed=t.seed, labels=preset.data.labels,
-        train_split=preset.data.train_split)
+        batch_size=(t.batch_size, t.validation_batch_size), binarize=preset.data.binarize, seed=t.seed,
+        labels=preset.data.labels, train_split=preset.data.train_split)
     state_path = os.path.join(out, RESUME_FILE)
     state = read_state(state_path) if resume is not None else None
     with strategy.scope():     # mirrored variables, and optimizers that know the strategy
@@ -163,7 +163,7 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
             load_weights(vae, weights)
         compile_model(vae, dataclasses.replace(
             t, steps_per_execution=supported_steps_per_execution(strategy, t.steps_per_execution)))
-    val_data = prepare_dataset(val_data, strategy, t.batch_size)   # equal shares; DATA sharding
+    val_data = prepare_dataset(val_data, strategy, t.validation_batch_size)   # equal shares; DATA sharding
     os.makedirs(out, exist_ok=True)
     if resume is None:
         atomic_write_text(os.path.join(out, CONFIG_FILE), yaml.safe_dump(preset.to_dict(), sort_keys=False))
