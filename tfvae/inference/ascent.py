@@ -128,7 +128,7 @@ def compiled(model, key, make_fn):
     and every Python setting baked into the graph)."""
     per_model = _COMPILED.setdefault(model, {})
     if key not in per_model:
-        per_model[key] = tf.function(make_fn())
+        per_model[key] = tf.function(make_fn(), autograph=False)   # explicit while_loops: no conversion
     return per_model[key]
 
 

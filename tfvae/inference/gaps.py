@@ -128,7 +128,7 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
                            "batch_size": batch_size, "seed": seed},
               "paths": {}, "gaps": {}, "traces": {}}
 
-    encode = tf.function(lambda x, c: model.encode(x, c).sample(seed=[seed, 0]))
+    encode = tf.function(lambda x, c: model.encode(x, c).sample(seed=[seed, 0]), autograph=False)
     encode(x[:1], _part(condition, slice(0, 1)))
     start = time.perf_counter()
     for part in _slices(n, batch_size):
@@ -146,7 +146,7 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
         say(f"semi-amortized: {refine_steps} refinement steps of the encoder's q")
         refine = tf.function(lambda x, c, s: refine_posterior(
             model, x, steps=refine_steps, learning_rate=refine_learning_rate, condition=c, seed=s,
-            differentiable=False).params)
+            differentiable=False).params, autograph=False)
         refine(x[:1], _part(condition, slice(0, 1)), tf.constant([seed, 0]))
         start = time.perf_counter()
         refined = [refine(x[part], _part(condition, part), tf.constant([seed, i]))
