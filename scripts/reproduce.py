@@ -26,7 +26,7 @@ from pathlib import Path
 RESULT_FILE = "reproduce.json"
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("presets", nargs="+", help="zoo preset names (tfvae list) or preset YAML files")
     p.add_argument("--protocol", choices=["paper", "short"], default="paper",
@@ -39,7 +39,7 @@ def parse_args():
     p.add_argument("--k", type=int, help="importance samples per example (default: the protocol's)")
     p.add_argument("--table", help="also write a Markdown table of the results to this file")
     p.add_argument("--force", action="store_true", help="train again even where reproduce.json exists")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     for name in ("examples", "k"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
@@ -114,8 +114,8 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     evaluation = {key: value for key, value in (("examples", args.examples), ("k", args.k)) if value is not None}
     results = []
     for name in args.presets:
