@@ -244,13 +244,15 @@ def test_training_the_encoder_longer_shrinks_the_amortization_gap(bmnist_vae, bm
 
 def test_tfvae_gaps_command_writes_the_table_json_and_plot(tmp_path, capsys):
     run = str(tmp_path / "shapes")
-    assert main(["train", "--epochs", "1", "--steps-per-epoch", "20", "--no-eval", "--out", run,
+    assert main(["train", "--epochs", "1", "--steps-per-epoch", "20", "--no-eval", "--no-jit-compile", "--out", run,
                  "--set", "latent_dim=3"]) == 0
+    # One family and no point estimates: the command's path, not the optimisers (tested above),
+    # whose tracing dominates its time.
     assert main(["gaps", run, "--examples", "12", "--k", "50", "--eval-k", "50", "--steps", "60",
-                 "--family", "diag", "--family", "flow", "--refine-steps", "2"]) == 0
+                 "--family", "diag", "--no-points", "--refine-steps", "2"]) == 0
     printed = capsys.readouterr().out
     report = json.load(open(os.path.join(run, "gaps.json")))
-    assert set(report["gaps"]) == {"total", "diag", "flow"} and report["examples"] == 12
+    assert set(report["gaps"]) == {"total", "diag"} and report["examples"] == 12 and not report.get("points")
     assert format_gap_table(report) in printed
     assert open(os.path.join(run, "gaps.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit):                   # argparse: invalid choice
