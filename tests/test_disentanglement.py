@@ -225,3 +225,127 @@ def test_specific_validation(factors):
         beta_vae_score(sample_fn=sample_fn, representation_fn=lambda f: perfect_code(f)[:-1], **FAST)
     with pytest.raises(ValueError, match="batch_size"):
         factor_vae_score(factors, z, batch_size=1)
+
+
+# ------------------------------------------------------------------------- batched votes = vote by vote
+
+MIX = np.random.default_rng(21).normal(size=(K, 4))
+GRID_NOISE = np.random.default_rng(22).normal(size=(int(np.prod(SIZES)), 4))
+
+
+def mixed_code(factors):
+    """A fixed linear map of the factors plus noise that depends only on the factor values; elementwise, so
+    each row's code is bit-identical however many rows are passed together."""
+    f = np.asarray(factors)
+    index = (f[:, 0] * SIZES[1] + f[:, 1]) * SIZES[2] + f[:, 2]
+    return f[:, 0:1] * MIX[0] + f[:, 1:2] * MIX[1] + f[:, 2:3] * MIX[2] + 0.8 * GRID_NOISE[index]
+
+
+def per_vote_factor_vae(draw, num_factors, scale, L, num_train, num_eval, rng):
+    """The FactorVAE score one vote at a time (the straightforward algorithm): (eval accuracy, training votes).
+    ``draw(k, u, n) -> (factors, codes)`` draws n rows given factor k == u (k=None: unconditionally)."""
+    active = scale >= 0.05 * scale.max()
+    safe = np.where(active, scale, 1.0)
+
+    def vote():
+        k = int(rng.integers(num_factors))
+        u = draw(None, None, 1)[0][0, k]
+        z = draw(k, u, L)[1] / safe
+        return int(np.argmin(np.where(active, z.var(axis=0, ddof=1), np.inf))), k
+
+    votes = np.zeros((scale.size, num_factors), dtype=np.int64)
+    for _ in range(num_train):
+        votes[vote()] += 1
+    classifier = np.argmax(votes, axis=1)
+    fv = np.mean([classifier[j] == k for j, k in (vote() for _ in range(num_eval))])
+    return fv, votes
+
+
+def per_example_beta_vae(draw, num_factors, L, num_train, num_eval, steps, lr, l2, rng):
+    """The beta-VAE score one example at a time: (eval accuracy, weights, bias)."""
+    def example():
+        k = int(rng.integers(num_factors))
+        f1, z1 = draw(None, None, L)
+        z2 = np.empty_like(z1)
+        for u in np.unique(f1[:, k]):
+            at = np.flatnonzero(f1[:, k] == u)
+            z2[at] = draw(k, u, at.size)[1]
+        return np.abs(z1 - z2).mean(axis=0), k
+
+    def dataset(size):
+        pairs = [example() for _ in range(size)]
+        return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+
+    (x, y), (xe, ye) = dataset(num_train), dataset(num_eval)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    x, xe = (x - mean) / std, (xe - mean) / std
+    w, b = np.zeros((x.shape[1], num_factors)), np.zeros(num_factors)
+    for _ in range(steps):
+        logits = x @ w + b
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        grad = (p / p.sum(axis=1, keepdims=True) - np.eye(num_factors)[y]) / len(y)
+        w -= lr * (x.T @ grad + l2 * w)
+        b -= lr * grad.sum(axis=0)
+    return np.mean(np.argmax(xe @ w + b, axis=1) == ye), w, b
+
+
+@pytest.mark.parametrize("interface", ["generative", "pairs"])
+def test_batched_scores_equal_the_vote_by_vote_computation(interface):
+    """Both scores draw all the rows of a phase, then code them in one call: the numbers must be exactly those
+    of drawing and coding vote by vote with the same seed, with a few representation_fn calls, not one per vote."""
+    L, num_train, num_eval, nve, steps, lr, l2 = 16, 120, 80, 500, 200, 0.5, 1e-4
+    sample_fn = grid_sample_fn(SIZES)
+    pairs_f = grid_factors(4)[np.random.default_rng(8).permutation(240)]
+    pairs_z = mixed_code(pairs_f)
+    calls = []
+
+    def counted(f):
+        calls.append(len(f))
+        return mixed_code(f)
+
+    def oracle_draw(rng):
+        def draw(k, u, n):
+            if interface == "generative":
+                f = sample_fn(k, u, n, rng)
+                return f, mixed_code(f)
+            rows = np.arange(len(pairs_f)) if k is None else np.flatnonzero(pairs_f[:, k] == u)
+            idx = rows[rng.integers(0, rows.size, size=n)]
+            return pairs_f[idx], pairs_z[idx]
+        return draw
+
+    if interface == "generative":
+        kw = dict(sample_fn=sample_fn, representation_fn=counted)
+    else:
+        kw = dict(factors=pairs_f, codes=pairs_z)
+
+    # FactorVAE
+    rng = np.random.default_rng(5)
+    if interface == "generative":
+        sample_fn(None, None, 2, rng)                       # the source's probe draw
+        scale = mixed_code(sample_fn(None, None, nve, rng)).std(axis=0)
+    else:
+        scale = pairs_z.std(axis=0)
+    want_fv, want_votes = per_vote_factor_vae(oracle_draw(rng), K, scale, L, num_train, num_eval, rng)
+    got = factor_vae_score(**kw, batch_size=L, num_train=num_train, num_eval=num_eval, num_variance_estimate=nve,
+                           rng=5)
+    assert got["eval_accuracy"] == want_fv
+    np.testing.assert_array_equal(got["votes"], want_votes)
+    if interface == "generative":
+        # variance estimate, training votes, evaluation votes; the draw giving u is never coded
+        assert calls == [nve, num_train * L, num_eval * L]
+
+    # beta-VAE
+    calls.clear()
+    rng = np.random.default_rng(6)
+    if interface == "generative":
+        sample_fn(None, None, 2, rng)
+    want_bv, want_w, want_b = per_example_beta_vae(oracle_draw(rng), K, L, num_train, num_eval, steps, lr, l2, rng)
+    got = beta_vae_score(**kw, batch_size=L, num_train=num_train, num_eval=num_eval, steps=steps,
+                         learning_rate=lr, l2=l2, rng=6)
+    assert got["eval_accuracy"] == want_bv
+    np.testing.assert_array_equal(got["weights"], want_w)
+    np.testing.assert_array_equal(got["bias"], want_b)
+    if interface == "generative":
+        assert calls == [2 * num_train * L, 2 * num_eval * L]
+    assert 0.45 < want_fv < 0.9 and 0.45 < want_bv < 0.9     # informative but imperfect: a non-trivial check

@@ -20,7 +20,10 @@ samples are drawn (with replacement) from the rows that share the fixed value, o
         with factor_index=None and value=None, n unconditional draws. ``rng`` is a numpy Generator.
     representation_fn(factors) -> float array [n, D]
         the codes of the observations generated from those factors (e.g. render the images, encode them,
-        return the posterior means).
+        return the posterior means). Row i of the codes must depend on row i of the factors only. The scores
+        call it once per phase on all the rows of that phase (votes x batch_size rows for the FactorVAE score,
+        2 x examples x batch_size for the beta-VAE score: 1,280,000 with its defaults), so it should work
+        through a large n in chunks.
 
 `grid_sample_fn(factor_sizes)` builds ``sample_fn`` for a full factorial grid with independent uniform factors
 (the dSprites / 3D Shapes design).
@@ -411,8 +414,9 @@ def grid_sample_fn(factor_sizes):
 
 
 class _PairSource:
-    """Draws (factors, codes) from a finite set of pairs, with replacement; conditional draws use the rows whose
-    factor equals the value."""
+    """Draws from a finite set of (factors, codes) pairs, with replacement; conditional draws use the rows whose
+    factor equals the value. A drawn batch of rows is an int array of row indices [n]; `factors_of` and
+    `codes_of` look their factors and codes up (one lookup for any number of rows)."""
 
     def __init__(self, factors, codes):
         self.factors = _as_factors(factors, min_rows=2)
@@ -423,13 +427,11 @@ class _PairSource:
                       for k in range(self.num_factors)]
 
     def draw(self, n, rng):
-        idx = rng.integers(0, self.factors.shape[0], size=n)
-        return self.factors[idx], self.codes[idx]
+        return rng.integers(0, self.factors.shape[0], size=n)
 
     def draw_given(self, k, value, n, rng):
         rows = self._rows[k][value]
-        idx = rows[rng.integers(0, rows.size, size=n)]
-        return self.factors[idx], self.codes[idx]
+        return rows[rng.integers(0, rows.size, size=n)]
 
     def draw_matching(self, k, values, rng):
         """One row per entry of ``values``: row l drawn given factor k == values[l]."""
@@ -438,11 +440,19 @@ class _PairSource:
             at = np.flatnonzero(values == u)
             rows = self._rows[k][u]
             idx[at] = rows[rng.integers(0, rows.size, size=at.size)]
-        return self.factors[idx], self.codes[idx]
+        return idx
+
+    def factors_of(self, rows):
+        return self.factors[rows]
+
+    def codes_of(self, rows):
+        return self.codes[rows]
 
 
 class _GenerativeSource:
-    """Draws factors from ``sample_fn`` and maps them to codes with ``representation_fn``, checking both."""
+    """Draws factors from ``sample_fn`` and maps them to codes with ``representation_fn``, checking both. A drawn
+    batch of rows is its factor array [n, K]; `codes_of` calls ``representation_fn`` once on the rows it is
+    given (the scores pass all the rows of a phase at once)."""
 
     def __init__(self, sample_fn, representation_fn, rng):
         if not callable(sample_fn) or not callable(representation_fn):
@@ -463,30 +473,30 @@ class _GenerativeSource:
             raise ValueError(f"sample_fn(factor_index={k}, value={value}, ...) did not fix that factor")
         return f
 
-    def _codes(self, f):
-        z = _as_codes(self.representation_fn(f), f.shape[0], name="representation_fn output")
+    def draw(self, n, rng):
+        return self._factors(None, None, n, rng)
+
+    def draw_given(self, k, value, n, rng):
+        return self._factors(k, value, n, rng)
+
+    def draw_matching(self, k, values, rng):
+        """One row per entry of ``values``: row l drawn given factor k == values[l], value by value."""
+        f = np.empty((len(values), self.num_factors), dtype=np.int64)
+        for u in np.unique(values):
+            at = np.flatnonzero(values == u)
+            f[at] = self._factors(k, u, at.size, rng)
+        return f
+
+    def factors_of(self, rows):
+        return rows
+
+    def codes_of(self, rows):
+        z = _as_codes(self.representation_fn(rows), rows.shape[0], name="representation_fn output")
         if self.num_dims is None:
             self.num_dims = z.shape[1]
         elif z.shape[1] != self.num_dims:
             raise ValueError(f"representation_fn returned {z.shape[1]} dimensions, earlier {self.num_dims}")
         return z
-
-    def draw(self, n, rng):
-        f = self._factors(None, None, n, rng)
-        return f, self._codes(f)
-
-    def draw_given(self, k, value, n, rng):
-        f = self._factors(k, value, n, rng)
-        return f, self._codes(f)
-
-    def draw_matching(self, k, values, rng):
-        """One row per entry of ``values``: row l drawn given factor k == values[l]; the factors are drawn
-        value by value, the codes in one call of ``representation_fn``."""
-        f = np.empty((len(values), self.num_factors), dtype=np.int64)
-        for u in np.unique(values):
-            at = np.flatnonzero(values == u)
-            f[at] = self._factors(k, u, at.size, rng)
-        return f, self._codes(f)
 
 
 def _source(factors, codes, sample_fn, representation_fn, rng):
@@ -519,7 +529,9 @@ def factor_vae_score(factors=None, codes=None, *, sample_fn=None, representation
 
     Samples come either from (factors, codes) pairs (conditional draws are rows with v_k = u, with
     replacement) or from ``sample_fn(factor_index, value, n, rng) -> int [n, K]`` and
-    ``representation_fn(factors [n, K]) -> float [n, D]`` (see the module docstring).
+    ``representation_fn(factors [n, K]) -> float [n, D]`` (see the module docstring). The factors of all the
+    votes of a phase are drawn first, in the order above, and coded in one ``representation_fn`` call per phase
+    (variance estimate, training, evaluation); the draw giving u is never coded.
 
     Returns:
         dict: ``eval_accuracy`` (the score), ``train_accuracy``, ``num_active_dims``, ``votes`` [D, K] counts of
@@ -536,7 +548,7 @@ def factor_vae_score(factors=None, codes=None, *, sample_fn=None, representation
     if isinstance(source, _PairSource):
         global_codes = source.codes
     else:
-        global_codes = source.draw(num_variance_estimate, rng)[1]
+        global_codes = source.codes_of(source.draw(num_variance_estimate, rng))
     scale = global_codes.std(axis=0)
     if scale.max() <= 0:
         raise ValueError("all code dimensions are constant; the FactorVAE score is undefined")
@@ -544,23 +556,30 @@ def factor_vae_score(factors=None, codes=None, *, sample_fn=None, representation
     num_dims = scale.size
     safe_scale = np.where(active, scale, 1.0)
 
-    def vote():
-        k = int(rng.integers(source.num_factors))
-        u = source.draw(1, rng)[0][0, k]
-        z = source.draw_given(k, u, batch_size, rng)[1] / safe_scale
-        var = np.where(active, z.var(axis=0, ddof=1), np.inf)
-        return int(np.argmin(var)), k
+    def votes_of(num_votes):
+        """(argmin dimension, factor) of ``num_votes`` votes, as int arrays. The rows of every vote are drawn
+        first (the same draws, in the same order, as vote by vote), then coded in one `codes_of` call; the
+        row giving u is only read for its factor k, never coded."""
+        ks = np.empty(num_votes, dtype=np.int64)
+        rows = []
+        for i in range(num_votes):
+            k = int(rng.integers(source.num_factors))
+            u = source.factors_of(source.draw(1, rng))[0, k]
+            rows.append(source.draw_given(k, u, batch_size, rng))
+            ks[i] = k
+        codes = source.codes_of(np.concatenate(rows))
+        js = np.empty(num_votes, dtype=np.int64)
+        for i in range(num_votes):
+            z = codes[i * batch_size:(i + 1) * batch_size] / safe_scale
+            js[i] = np.argmin(np.where(active, z.var(axis=0, ddof=1), np.inf))
+        return js, ks
 
     votes = np.zeros((num_dims, source.num_factors), dtype=np.int64)
-    for _ in range(num_train):
-        j, k = vote()
-        votes[j, k] += 1
+    np.add.at(votes, votes_of(num_train), 1)
     classifier = np.argmax(votes, axis=1)
     train_accuracy = votes[np.arange(num_dims), classifier].sum() / num_train
-    correct = 0
-    for _ in range(num_eval):
-        j, k = vote()
-        correct += classifier[j] == k
+    js, ks = votes_of(num_eval)
+    correct = int(np.sum(classifier[js] == ks))
     return {"eval_accuracy": float(correct / num_eval), "train_accuracy": float(train_accuracy),
             "num_active_dims": int(active.sum()), "votes": votes}
 
@@ -602,7 +621,9 @@ def beta_vae_score(factors=None, codes=None, *, sample_fn=None, representation_f
 
     Samples come either from (factors, codes) pairs (conditional draws are rows sharing the value, with
     replacement) or from ``sample_fn(factor_index, value, n, rng) -> int [n, K]`` and
-    ``representation_fn(factors [n, K]) -> float [n, D]`` (see the module docstring).
+    ``representation_fn(factors [n, K]) -> float [n, D]`` (see the module docstring). The factors of all the
+    examples of a phase (training, evaluation) are drawn first, in the order above, and coded in one
+    ``representation_fn`` call per phase (2 x ``batch_size`` rows per example).
 
     Returns:
         dict: ``eval_accuracy`` (the score), ``train_accuracy``, ``weights`` [D, K], ``bias`` [K].
@@ -618,15 +639,24 @@ def beta_vae_score(factors=None, codes=None, *, sample_fn=None, representation_f
     if not (isinstance(l2, numbers.Real) and l2 >= 0):
         raise ValueError(f"l2 must be non-negative, got {l2!r}")
 
-    def example():
-        k = int(rng.integers(source.num_factors))
-        f1, z1 = source.draw(batch_size, rng)
-        z2 = source.draw_matching(k, f1[:, k], rng)[1]
-        return np.abs(z1 - z2).mean(axis=0), k
-
     def dataset(size):
-        pairs = [example() for _ in range(size)]
-        return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+        """(x [size, D], labels [size]) of ``size`` examples. The rows of every example (its v1 batch, then its
+        v2 batch) are drawn first, in the same order as example by example, then coded in one `codes_of` call."""
+        labels = np.empty(size, dtype=np.int64)
+        rows = []
+        for i in range(size):
+            k = int(rng.integers(source.num_factors))
+            rows1 = source.draw(batch_size, rng)
+            rows.append(rows1)
+            rows.append(source.draw_matching(k, source.factors_of(rows1)[:, k], rng))
+            labels[i] = k
+        codes = source.codes_of(np.concatenate(rows))
+        x = []
+        for i in range(size):
+            z1 = codes[2 * i * batch_size:(2 * i + 1) * batch_size]
+            z2 = codes[(2 * i + 1) * batch_size:(2 * i + 2) * batch_size]
+            x.append(np.abs(z1 - z2).mean(axis=0))
+        return np.stack(x), labels
 
     x_train, y_train = dataset(num_train)
     x_eval, y_eval = dataset(num_eval)
