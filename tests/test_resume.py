@@ -13,7 +13,7 @@ import pytest
 
 from tfvae.io import atomic_path, remove_stale_temporaries
 from tfvae.models import VAE
-from tfvae.training.resume import read_state, restore_variables, save_state
+from tfvae.training.resume import read_best_weights, read_state, restore_variables, save_state
 from tfvae.training.callbacks import HistoryCSV, read_history
 from tfvae.training.run import train
 
@@ -151,6 +151,11 @@ def test_a_state_that_does_not_fit_the_model_is_refused_by_name(tmp_path):
     state = read_state(path)
     assert {k: v for k, v in state[0].items() if k != "variables"} == {"epoch": 1, "step": 0}
     assert len(state[1]) == len(state[0]["variables"]) == 36   # 10 model, 2 + 16 Adam, 8 metric variables
+    assert read_best_weights(path) is None
+    best = [w + 1 for w in model.get_weights()]                 # the best epoch's weights ride along
+    save_state(path, model, {"epoch": 1, "step": 0}, best)
+    assert all(np.array_equal(a, b) for a, b in zip(read_best_weights(path), best))
+    assert len(read_state(path)[1]) == 36
 
     other = VAE(data_shape=(6,), latent_dim=3, encoder=spec)
     other.compile(optimizer="adam")                            # a second Adam: named adam_1, fits by position

@@ -1,8 +1,11 @@
 """Training callbacks."""
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfvae
 from tfvae.models import VAE
 from tfvae.training import KLWarmup
 
@@ -45,6 +48,47 @@ def test_checkpoints_keep_the_last_finite_weights_when_training_diverges(tmp_pat
         assert all(np.isfinite(w).all() for w in restored.get_weights())
 
 
+def test_checkpoints_between_writes_keep_the_weights_in_memory_and_write_them_at_the_end(tmp_path):
+    """With a write interval longer than the run: the first epoch is written at once, later
+    epochs wait, and the end writes the last epoch's weights and the best epoch's (here the
+    third of four), each equal to the weights the model had at that epoch's end."""
+    import keras
+
+    from tfvae.training import Checkpoints
+
+    def tiny():
+        return VAE(data_shape=(4, 4, 1), latent_dim=2, encoder={"type": "mlp", "hidden": [8]})
+
+    def stored(path):
+        model = tiny()
+        model.load_weights(path)
+        return model.get_weights()
+
+    def same(a, b):
+        return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+    class Score(keras.callbacks.Callback):       # before Checkpoints: the monitored value, best at epoch 3
+        def on_epoch_end(self, epoch, logs=None):
+            logs["score"] = [3.0, 2.0, 1.0, 5.0][epoch]
+
+    seen = []
+
+    class Watch(keras.callbacks.Callback):       # after Checkpoints: the weights, and the file on disk
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((self.model.get_weights(), stored(last)))
+
+    model = tiny()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x = (np.random.default_rng(0).random((64, 4, 4, 1)) > 0.5).astype("float32")
+    last, best = str(tmp_path / "last.weights.h5"), str(tmp_path / "best.weights.h5")
+    model.fit(tf.data.Dataset.from_tensor_slices(x).batch(8), epochs=4, verbose=0, shuffle=False,
+              callbacks=[Score(), Checkpoints(last, best, monitor="score", every_seconds=1e9), Watch()])
+    assert all(same(on_disk, seen[0][0]) for _, on_disk in seen)      # epoch 1's file until the end
+    assert not same(seen[0][0], seen[3][0])
+    assert same(stored(last), seen[3][0]) and same(stored(best), seen[2][0])
+    assert same(model.get_weights(), seen[3][0])                       # the model is left as it was
+
+
 def test_burda_schedule_matches_its_stages_enumerated_epoch_by_epoch():
     """Stage i lasts 3^i epochs at base * 10^(-i/7): list every epoch of the 3,280 and compare."""
     import keras
@@ -67,3 +111,37 @@ def test_burda_schedule_matches_its_stages_enumerated_epoch_by_epoch():
     assert learning_rate_schedule("constant", 1e-3) is None
     with pytest.raises(ValueError, match="unknown learning-rate schedule"):
         learning_rate_schedule("cosine", 1e-3)
+
+
+def test_a_run_validates_on_its_validation_split_and_evaluates_on_its_eval_split(tmp_path, shared_data):
+    """Three runs from one seed on the same training data: validating on the evaluation split
+    by default or by name gives the same numbers; naming another split changes the validation
+    loss only, and the final evaluation stays on the evaluation split."""
+    import csv
+
+    from tfvae.training import train
+
+    def run(name, validation_split):
+        preset = tmp_path / f"{name}.yaml"
+        preset.write_text(
+            "model: {class: vae, data_shape: [28, 28, 1], latent_dim: 2, encoder: {type: mlp, hidden: [8]}}\n"
+            "data: {name: binarized_mnist, train_split: 'train[:200]', eval_split: 'test[:100]'"
+            + (f", validation_split: '{validation_split}'" if validation_split else "") + "}\n"
+            "training: {epochs: 2, batch_size: 50, jit_compile: false, image_every: 0, validation_batch_size: 100}\n"
+            "evaluation: {k: 2, examples: 100}\n")
+        out = train(str(preset), out=str(tmp_path / name), data_dir=shared_data, verbose=0)
+        with open(tmp_path / name / "history.csv") as f:
+            rows = list(csv.DictReader(f))
+        with open(tmp_path / name / "evaluation.json") as f:
+            return rows, json.load(f), out
+
+    default, default_evaluation, _ = run("default", None)
+    named, _, _ = run("named", "test[:100]")
+    other, other_evaluation, out = run("other", "valid[:100]")
+    assert len(default) == len(other) == 2
+    for a, b, c in zip(default, named, other):
+        assert a == b
+        assert a["loss"] == c["loss"] and a["val_loss"] != c["val_loss"]
+    # The same weights evaluated on the same split, whatever the validation split.
+    assert other_evaluation["log_px"] == default_evaluation["log_px"] and other_evaluation["examples"] == 100
+    assert tfvae.load_preset(out).data.validation_split == "valid[:100]"

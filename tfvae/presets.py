@@ -41,13 +41,18 @@ WEIGHTS_FILE = "model.weights.h5"
 @dataclasses.dataclass(frozen=True)
 class DataSection:
     """name: a `tfvae.data` data set; binarize: None keeps the data set's default;
-    labels: feed one-hot labels as the condition (conditional models)."""
+    labels: feed one-hot labels as the condition (conditional models). train_split: the
+    training data; eval_split: where the run's final evaluation (and `tfvae evaluate`)
+    measures; validation_split: the split scored after every epoch, which chooses the best
+    weights and drives early stopping (None: the eval split; a held-out split such as
+    binarized MNIST's "valid" keeps the test split out of every choice)."""
 
     name: str = "shapes"
     binarize: Literal["static", "dynamic", "none"] | None = None
     labels: bool = False
     train_split: str = "train"
     eval_split: str = "test"
+    validation_split: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +75,9 @@ class TrainingSection:
     one-way; on a GPU, ops without a deterministic kernel raise; see `tfvae.training.train`).
     Every run is seeded with `seed` either way. checkpoint_seconds: the run saves its whole
     training state for `--resume` at every epoch's end and, within an epoch, after at most
-    this many seconds of training (0: after every compiled call). validation_batch_size:
+    this many seconds of training (0: after every compiled call); model.weights.h5 and
+    best.weights.h5 are written after the first epoch, then at most this often, and at the
+    end (the resume state holds the waiting weights meanwhile). validation_batch_size:
     examples per batch of the validation pass after every epoch. Its loss is a mean over
     the examples, so the batch changes only the Monte Carlo draws; the default 1000 took
     0.21 s for `vae_bmnist`'s 10,000 validation images where batch 100 took 0.35 s, a tenth

@@ -72,18 +72,23 @@ def _storable(value) -> np.ndarray:
     return value if value.dtype.kind in "fiub" else value.astype(np.float32)  # bfloat16: widen losslessly
 
 
-def save_state(path: str, model, meta: dict) -> bool:
+def save_state(path: str, model, meta: dict, best_weights=None) -> bool:
     """Writes the model's training state and `meta` (JSON-able) to `path`, atomically, and
     returns True; writes nothing and returns False when a model weight is NaN or infinite (a
     diverged model). The arrays are stored as v0, v1, ... in `state_variables` order, their
-    names in meta["variables"]."""
+    names in meta["variables"]; `best_weights` (the best epoch's `get_weights`, if given) as
+    b0, b1, ... (`read_best_weights`)."""
     named = state_variables(model)
     values = [_storable(v.numpy()) for _, v in named]
     if any(name.startswith("model:") and value.dtype.kind == "f" and not np.isfinite(value).all()
            for (name, _), value in zip(named, values)):
         return False
     arrays = {f"v{i}": value for i, value in enumerate(values)}
-    arrays[META_KEY] = np.array(json.dumps({**meta, "variables": [name for name, _ in named]}))
+    arrays.update({f"b{i}": _storable(value) for i, value in enumerate(best_weights or ())})
+    meta = {**meta, "variables": [name for name, _ in named]}
+    if best_weights:
+        meta["best_weights"] = len(best_weights)
+    arrays[META_KEY] = np.array(json.dumps(meta))
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
     return True
@@ -101,6 +106,13 @@ def read_state(path: str) -> tuple[dict, list] | None:
         raise ValueError(f"the resume state {path} cannot be read ({type(e).__name__}: {e}); it is written "
                          f"atomically, so it was damaged afterwards") from None
     return meta, arrays
+
+
+def read_best_weights(path: str) -> list | None:
+    """The best epoch's weights (`get_weights` order) kept in a state file, or None."""
+    with np.load(path, allow_pickle=False) as data:
+        count = json.loads(str(data[META_KEY])).get("best_weights", 0)
+        return [data[f"b{i}"] for i in range(count)] or None
 
 
 def restore_variables(model, state: tuple[dict, list], path: str, only_metrics: bool = False):
@@ -169,7 +181,8 @@ class ResumeState(keras.callbacks.Callback):
         return self.train_seconds + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
 
     def save(self):
-        if save_state(self.path, self.model, self.meta()):
+        best = self.checkpoints.best_weights if self.checkpoints is not None else None
+        if save_state(self.path, self.model, self.meta(), best):
             self._last_save = time.perf_counter()
 
     # ----------------------------------------------------------------- Keras hooks
@@ -179,6 +192,9 @@ class ResumeState(keras.callbacks.Callback):
             if self.checkpoints is not None and meta.get("checkpoints"):
                 self.checkpoints.best = meta["checkpoints"]["best"]    # JSON keeps inf as Infinity
                 self.checkpoints.best_epoch = meta["checkpoints"]["best_epoch"]
+                best = read_best_weights(self.path)
+                if best is not None:     # the file may predate them: write it again with the next write
+                    self.checkpoints.best_weights, self.checkpoints.best_written = best, False
             if self.early_stopping is not None and self.early_stopping.restore_best_weights:
                 self._restore_best_weights()
             build_optimizers(self.model)
@@ -190,9 +206,11 @@ class ResumeState(keras.callbacks.Callback):
         self._clock = self._last_save = time.perf_counter()
 
     def _restore_best_weights(self):
-        """EarlyStopping's copy of the best weights, from the run's best.weights.h5 (loaded
-        before the state, which then overwrites every variable it touched)."""
-        if self.checkpoints is not None and os.path.isfile(self.checkpoints.best_path):
+        """EarlyStopping's copy of the best weights: those the state holds, else the run's
+        best.weights.h5 (loaded before the state, which then overwrites every variable)."""
+        if self.checkpoints is not None and self.checkpoints.best_weights is not None:
+            self.early_stopping.best_weights = self.checkpoints.best_weights
+        elif self.checkpoints is not None and os.path.isfile(self.checkpoints.best_path):
             self.model.load_weights(self.checkpoints.best_path)
             self.early_stopping.best_weights = self.model.get_weights()
 
@@ -231,5 +249,5 @@ def _json_number(value):
     return float(value)
 
 
-__all__ = ["RESUME_FILE", "ResumeState", "build_optimizers", "read_state", "restore_variables", "save_state",
-           "state_variables"]
+__all__ = ["RESUME_FILE", "ResumeState", "build_optimizers", "read_best_weights", "read_state", "restore_variables",
+           "save_state", "state_variables"]

@@ -2,8 +2,10 @@
 
     run_dir/
       config.yaml          the resolved preset (with overrides): `from_preset(run_dir)` rebuilds it
-      model.weights.h5     weights after the last epoch
-      best.weights.h5      weights of the epoch with the lowest validation loss
+      model.weights.h5     weights after the last epoch (while training: after the first epoch,
+                           then at most every checkpoint_seconds)
+      best.weights.h5      weights of the epoch with the lowest validation loss (on the
+                           validation split, else the evaluation split), written as often
       history.csv          per-epoch metrics (loss, elbo, log_px_z, kl and their val_ twins)
       images/epoch_NNN.png data, reconstructions and prior samples after each epoch
       evaluation.json      ELBO and importance-sampled log p(x) on the evaluation split
@@ -152,9 +154,9 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
 
     # Data and model first: a bad data dir or config must not leave a half-made run directory.
     train_data, val_data = datasets.load(
-        preset.data.name, split=(preset.data.train_split, preset.data.eval_split), data_dir=data_dir,
-        batch_size=(t.batch_size, t.validation_batch_size), binarize=preset.data.binarize, seed=t.seed,
-        labels=preset.data.labels, train_split=preset.data.train_split)
+        preset.data.name, split=(preset.data.train_split, preset.data.validation_split or preset.data.eval_split),
+        data_dir=data_dir, batch_size=(t.batch_size, t.validation_batch_size), binarize=preset.data.binarize,
+        seed=t.seed, labels=preset.data.labels, train_split=preset.data.train_split)
     state_path = os.path.join(out, RESUME_FILE)
     state = read_state(state_path) if resume is not None else None
     with strategy.scope():     # mirrored variables, and optimizers that know the strategy
@@ -176,7 +178,8 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     steps_per_epoch = repeating(train_data, t.steps_per_epoch)[1]
     history_path = os.path.join(out, "history.csv")
     epoch, step = (state[0]["epoch"], state[0]["step"]) if state else (0, 0)
-    checkpoints = Checkpoints(os.path.join(out, WEIGHTS_FILE), os.path.join(out, BEST_WEIGHTS_FILE))
+    checkpoints = Checkpoints(os.path.join(out, WEIGHTS_FILE), os.path.join(out, BEST_WEIGHTS_FILE),
+                              every_seconds=t.checkpoint_seconds)
     run_callbacks = [StopOnNonFinite(os.path.join(out, WEIGHTS_FILE)), checkpoints,
                      HistoryCSV(history_path, read_history(history_path, epoch) if state else ()),
                      ImageGrid(grid_x, os.path.join(out, "images"), grid_condition, every=t.image_every, seed=t.seed)]
@@ -193,9 +196,13 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     run_callbacks += [*(callbacks or []), resume_state]
 
     def fit(stream, first_epoch, last_epoch, steps):
-        vae.fit(stream, initial_epoch=first_epoch, epochs=last_epoch, validation_data=val_data,
-                steps_per_epoch=steps, callbacks=run_callbacks, verbose=verbose,
-                shuffle=False)  # the pipeline shuffles
+        try:
+            vae.fit(stream, initial_epoch=first_epoch, epochs=last_epoch, validation_data=val_data,
+                    steps_per_epoch=steps, callbacks=run_callbacks, verbose=verbose,
+                    shuffle=False)  # the pipeline shuffles
+        except TrainingDiverged:
+            checkpoints.write()    # the last finite epoch's weights, if they were waiting
+            raise
 
     unread = [train_data]
 
