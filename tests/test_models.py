@@ -1,5 +1,6 @@
 """The model contract, checked against closed forms, numpy and brute-force computations."""
 import math
+import re
 
 import keras
 import numpy as np
@@ -131,6 +132,43 @@ def test_fused_bernoulli_log_prob_and_gradient_against_float64():
     np.testing.assert_allclose(tape.gradient(total, logits_t).numpy(), x64 - 1 / (1 + np.exp(-l64)),
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(tape.gradient(total, x_t).numpy(), l64.sum(0), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape_a, shape_b", [((7, 4, 3, 5), (4, 3, 5)), ((4, 3, 5), (7, 4, 3, 5)),
+                                              ((7, 1, 5), (1, 4, 5)), ((4, 1), (4, 1)), ((1,), (3, 1, 2))])
+def test_static_broadcast_reduction_axes_agree_with_tensorflow(shape_a, shape_b):
+    from tfvae.distributions import _broadcast_reduction_axes
+    expected = tf.raw_ops.BroadcastGradientArgs(s0=shape_a, s1=shape_b)
+    got = _broadcast_reduction_axes(tf.zeros(shape_a), tf.zeros(shape_b))
+    for axes, reference in zip(got, expected):
+        # TensorFlow also lists axes where both sizes are 1: summing over those changes nothing.
+        size = np.broadcast_shapes(shape_a, shape_b)
+        assert [i for i in reference.numpy() if size[i] != 1] == list(axes)
+
+
+def test_a_second_order_gradient_of_the_bernoulli_kernel_compiles_without_baking_in_variables():
+    """The SA-VAE's step differentiates the kernel's gradient. Under XLA that once needed its
+    reduction axes as compile-time constants, and tf2xla folded the variables they were traced
+    from into the program as constants: one compile per step, seconds each. The variable must
+    stay a parameter of the compiled program."""
+    from tfvae.distributions import _bernoulli_log_prob_sum
+    weights = tf.Variable(tf.random.normal([3, 5], seed=0))
+
+    @tf.function(jit_compile=True)
+    def refined_gradient(z, x):
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                inner.watch(z)
+                log_prob = tf.reduce_sum(_bernoulli_log_prob_sum(tf.matmul(z, weights), x, 1))
+            refined = z + 0.1 * inner.gradient(log_prob, z)
+            loss = tf.reduce_sum(_bernoulli_log_prob_sum(tf.matmul(refined, weights), x, 1))
+        return outer.gradient(loss, weights)
+
+    z, x = tf.random.normal([4, 3], seed=1), tf.constant(binary_batch(4, (5,)))
+    hlo = refined_gradient.experimental_get_compiler_ir(z, x)(stage="hlo")
+    baked = [line for line in hlo.splitlines() if "ReadVariableOp" in line and " constant(" in line]
+    assert not baked, "\n".join(baked)
+    assert any(re.search(r"= f32\[3,5\]\S* parameter\(", line) for line in hlo.splitlines())
 
 
 @pytest.mark.parametrize("scale", [0.25, "learned", "predicted"])

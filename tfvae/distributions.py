@@ -63,6 +63,23 @@ class Likelihood(keras.layers.Layer):
         return tfd.Independent(base, reinterpreted_batch_ndims=len(self.data_shape))
 
 
+def _broadcast_reduction_axes(a, b):
+    """The axes over which the gradients of a and b, broadcast against each other, sum back
+    to their own shapes: Python lists when both static shapes are known, else
+    BroadcastGradientArgs of the run-time shapes. Static axes matter under XLA: in a
+    second-order gradient (the SA-VAE's step differentiates this kernel's gradient) run-time
+    axes must be compile-time constants, and tf2xla then bakes the values they are traced
+    from, the model's variables included, into the program and recompiles it at every step."""
+    if not (a.shape.is_fully_defined() and b.shape.is_fully_defined()):
+        return tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(a), s1=tf.shape(b))
+    shape_a, shape_b = a.shape.as_list(), b.shape.as_list()
+    rank = max(len(shape_a), len(shape_b))
+    shape_a, shape_b = [1] * (rank - len(shape_a)) + shape_a, [1] * (rank - len(shape_b)) + shape_b
+    broadcast = [max(m, n) for m, n in zip(shape_a, shape_b)]
+    return ([i for i in range(rank) if shape_a[i] == 1 and broadcast[i] != 1],
+            [i for i in range(rank) if shape_b[i] == 1 and broadcast[i] != 1])
+
+
 @tf.function(jit_compile=True, autograph=False)
 def _bernoulli_log_prob_sum(logits, x, event_ndims):
     """sum over the last `event_ndims` axes of x * l - softplus(l), as one XLA kernel;
@@ -82,7 +99,7 @@ def _bernoulli_log_prob_sum(logits, x, event_ndims):
 
         def gradient(upstream):
             upstream = tf.reshape(upstream, tf.concat([tf.shape(upstream), tf.ones([event_ndims], tf.int32)], 0))
-            logits_axes, x_axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(logits), s1=tf.shape(x))
+            logits_axes, x_axes = _broadcast_reduction_axes(logits, x)
             d_logits = tf.reduce_sum(upstream * (x - tf.sigmoid(logits)), logits_axes)
             d_x = tf.reduce_sum(upstream * logits, x_axes)
             return tf.reshape(d_logits, tf.shape(logits)), tf.reshape(d_x, tf.shape(x))

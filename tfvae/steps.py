@@ -28,9 +28,9 @@ import tensorflow as tf
 def applies(model) -> bool:
     """Whether `model`'s compiled steps can run n to an XLA program: jit_compile on, several
     steps per execution, not eager, no tf.distribute strategy (the replicas' steps are Keras'
-    to run), and the model does not opt out (`fuse_steps`, False for sa_vae)."""
+    to run)."""
     return (model.jit_compile is True and model.steps_per_execution > 1 and not model.run_eagerly
-            and not tf.distribute.has_strategy() and getattr(model, "fuse_steps", True))
+            and not tf.distribute.has_strategy())
 
 
 def fused(model, step, keras_function):

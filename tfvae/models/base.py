@@ -158,8 +158,6 @@ class BaseVAE(keras.Model):
     # flow posteriors and the point estimates of `tfvae.inference` apply. False for latents on a
     # sphere (svae), a simplex (gumbel_vae) or a codebook (vqvae).
     euclidean_latent = True
-    # Whether a call's steps may run as one XLA program (`tfvae.steps`) when jit_compile is on.
-    fuse_steps = True
 
     def __init__(self, data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,

@@ -78,11 +78,6 @@ class SAVAE(VAE):
         gradient at lambda_K held fixed); the encoder always gets the gradient through the steps.
     """
 
-    # Its step differentiates the Bernoulli kernel's gradient (second order); inside the XLA
-    # loop of `tfvae.steps` that gradient's reduction axes are no longer compile-time constants
-    # and tf2xla refuses it. One XLA launch per step (Keras' function) compiles.
-    fuse_steps = False
-
     def __init__(self, refine_steps: NonNegativeInt = 20, refine_learning_rate: PositiveFloat = 0.01,
                  max_grad_norm: PositiveFloat | None = 5.0, refine_samples: PositiveInt = 1,
                  generative_gradient: Literal["total", "partial"] = "total", **base):
