@@ -65,9 +65,10 @@ class TrainingSection:
     (10 by default: it saved 10-20% of the time per step on a 2-core CPU by calling into
     the graph, the callbacks and the metrics once per 10 steps; see docs/performance.md).
     The KL warm-up then ramps its weight once per call. jit_compile: compile the steps with
-    XLA (default on: 1.1-3.5x faster training steps for most presets measured on a 2-core
-    CPU; docs/performance.md lists them, the conv preset that turns it off and the ones still
-    to check), and run each call's steps as one XLA program (`tfvae.steps`). It stays off
+    XLA (default on: 1.1-3.5x faster training steps than the graph executor for every preset
+    measured on a 2-core CPU but vamp_bmnist, where it is even; docs/performance.md lists them
+    and the conv preset that turns it off), and run each call's steps as one XLA program
+    (`tfvae.steps`). It stays off
     for a model that cannot compile (`supports_jit` False, e.g. svae's Power Spherical
     draws) and under a tf.distribute strategy, whose replica steps Keras runs outside XLA.
     deterministic: also enable
