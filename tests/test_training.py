@@ -1,5 +1,6 @@
 """Training callbacks."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -121,7 +122,7 @@ def test_a_run_validates_on_its_validation_split_and_evaluates_on_its_eval_split
 
     from tfvae.training import train
 
-    def run(name, validation_split):
+    def run(name, validation_split, data_dir=shared_data):
         preset = tmp_path / f"{name}.yaml"
         preset.write_text(
             "model: {class: vae, data_shape: [28, 28, 1], latent_dim: 2, encoder: {type: mlp, hidden: [8]}}\n"
@@ -129,7 +130,7 @@ def test_a_run_validates_on_its_validation_split_and_evaluates_on_its_eval_split
             + (f", validation_split: '{validation_split}'" if validation_split else "") + "}\n"
             "training: {epochs: 2, batch_size: 50, jit_compile: false, image_every: 0, validation_batch_size: 100}\n"
             "evaluation: {k: 2, examples: 100}\n")
-        out = train(str(preset), out=str(tmp_path / name), data_dir=shared_data, verbose=0)
+        out = train(str(preset), out=str(tmp_path / name), data_dir=data_dir, verbose=0)
         with open(tmp_path / name / "history.csv") as f:
             rows = list(csv.DictReader(f))
         with open(tmp_path / name / "evaluation.json") as f:
@@ -137,7 +138,10 @@ def test_a_run_validates_on_its_validation_split_and_evaluates_on_its_eval_split
 
     default, default_evaluation, _ = run("default", None)
     named, _, _ = run("named", "test[:100]")
-    other, other_evaluation, out = run("other", "valid[:100]")
+    # A relative data directory is recorded as an absolute one, for --resume from anywhere.
+    other, other_evaluation, out = run("other", "valid[:100]", os.path.relpath(shared_data))
+    with open(os.path.join(out, "train_args.json")) as f:
+        assert json.load(f)["data_dir"] == os.path.abspath(shared_data)
     assert len(default) == len(other) == 2
     for a, b, c in zip(default, named, other):
         assert a == b

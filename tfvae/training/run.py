@@ -170,8 +170,8 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     if resume is None:
         atomic_write_text(os.path.join(out, CONFIG_FILE), yaml.safe_dump(preset.to_dict(), sort_keys=False))
         atomic_write_text(os.path.join(out, TRAIN_ARGS_FILE), json.dumps(
-            {"protocol": protocol, "weights": weights, "evaluate_after": evaluate_after, "data_dir": data_dir},
-            indent=2) + "\n")
+            {"protocol": protocol, "weights": _absolute(weights), "evaluate_after": evaluate_after,
+             "data_dir": _absolute(data_dir)}, indent=2) + "\n")
 
     grid_batch = next(iter(load_eval_data(preset, data_dir, examples=16, batch_size=16, seed=t.seed)))
     grid_x, grid_condition = vae.unpack(grid_batch)
@@ -249,6 +249,11 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     if os.path.exists(state_path):
         os.remove(state_path)   # the run is complete: nothing left to resume
     return out
+
+
+def _absolute(path):
+    """An absolute path (None stays None): a run resumed from another directory finds its files."""
+    return None if path is None else os.path.abspath(os.fspath(path))
 
 
 def _resumed_run(run_dir, out, preset, model, training, evaluation, weights, data_dir):
