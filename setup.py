@@ -23,7 +23,7 @@ setup(
     packages=find_packages(include=["tfvae", "tfvae.*"]) + ["tfvae.zoo_configs"],
     # zoo_configs/ sits at the top of the repo and is installed as tfvae/zoo_configs.
     package_dir={"tfvae.zoo_configs": "zoo_configs"},
-    package_data={"tfvae.zoo_configs": ["*.yaml"]},
+    package_data={"tfvae.zoo_configs": ["*.yaml", "*.weights.h5"]},
     include_package_data=False,
     install_requires=[
         "tensorflow>=2.20",

@@ -149,3 +149,26 @@ def test_a_run_validates_on_its_validation_split_and_evaluates_on_its_eval_split
     # The same weights evaluated on the same split, whatever the validation split.
     assert other_evaluation["log_px"] == default_evaluation["log_px"] and other_evaluation["examples"] == 100
     assert tfvae.load_preset(out).data.validation_split == "valid[:100]"
+
+
+def test_early_stopping_counts_only_improvements_beyond_min_delta(tmp_path):
+    """With a min_delta no epoch can beat, the run stops `patience` epochs after the first
+    (the converge protocol's rule: 0.1 nats in 50 epochs); best.weights.h5 still holds the
+    epoch of the lowest validation loss."""
+    import csv
+
+    from tfvae.training import train
+
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(
+        "model: {class: vae, data_shape: [28, 28, 1], latent_dim: 2, encoder: {type: mlp, hidden: [8]}}\n"
+        "data: {name: shapes}\n"
+        "training: {epochs: 8, batch_size: 50, steps_per_epoch: 2, jit_compile: false, image_every: 0,\n"
+        "           early_stopping_patience: 2, early_stopping_min_delta: 1.0e+9}\n")
+    out = train(str(preset), out=str(tmp_path / "run"), evaluate_after=False, verbose=0)
+    with open(os.path.join(out, "metadata.json")) as f:
+        metadata = json.load(f)
+    with open(os.path.join(out, "history.csv")) as f:
+        val_loss = [float(row["val_loss"]) for row in csv.DictReader(f)]
+    assert metadata["epochs"] == len(val_loss) == 3
+    assert metadata["best_epoch"] == 1 + int(np.argmin(val_loss))

@@ -517,7 +517,7 @@ def run(benchmarks=("train", "iwae-eval", "svi"), batch_sizes=None, precisions=(
                 if preset.name == REFERENCE_PRESET and precision == "float32":
                     model = trained
     if model is None and ("iwae-eval" in benchmarks or "svi" in benchmarks):
-        model = from_preset(REFERENCE_PRESET)
+        model = from_preset(REFERENCE_PRESET, pretrained=False)     # speed: any weights do
     if "iwae-eval" in benchmarks:
         test, source = reference_data(data_dir, eval_examples, "test")
         sources.append(source)

@@ -12,7 +12,7 @@ import sys
 
 import yaml
 
-from tfvae.presets import DEFAULT_PRESET
+from tfvae.presets import CONVERGENCE, DEFAULT_PRESET, PROTOCOLS
 
 
 def _quiet_tensorflow():
@@ -31,7 +31,7 @@ def cmd_list(args):
     sections = {
         "Models": {name: (tfvae.get_model_class(name).__doc__ or "").strip().split("\n\n")[0]  # first paragraph
                    for name in tfvae.list_models()},
-        "Presets": tfvae.list_presets(),
+        "Presets": {name: _preset_line(name, summary) for name, summary in tfvae.list_presets().items()},
         "Data sets": {name: tfvae.data.info(name).description.strip().splitlines()[0]
                       for name in tfvae.data.list_datasets()},
     }
@@ -40,6 +40,17 @@ def cmd_list(args):
         print(f"{title}:")
         for name, text in rows.items():
             print(f"  {name:<{width}} {' '.join(text.split())}")
+
+
+def _preset_line(name: str, summary: str) -> str:
+    """A preset's summary, with its shipped weights' test log p(x) when it has them."""
+    import tfvae
+    pretrained = tfvae.load_preset(name).pretrained
+    if pretrained is None:
+        return f"[untrained] {summary}"
+    test = pretrained.test
+    return (f"[trained: test log p(x) {test['log_px']:.2f} ± {test['log_px_se']:.2f}, k={test['k']}] "
+            f"{summary}")
 
 
 def _print_report(report: dict):
@@ -155,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a preset and write a run directory")
     p.add_argument("preset", nargs="?",
                    help=f"zoo preset, run directory or YAML file (default: {DEFAULT_PRESET}, no download)")
-    p.add_argument("--protocol", choices=["short", "paper"], default="short",
-                   help="short: the preset's CPU recipe (default); paper: its paper's published protocol")
+    p.add_argument("--protocol", choices=list(PROTOCOLS), default="short",
+                   help="short: the preset's CPU recipe (default); paper: its paper's published protocol; "
+                        f"converge: the short recipe until the validation loss has not improved by "
+                        f"{CONVERGENCE['min_delta']} in {CONVERGENCE['patience']} epochs")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate", type=float)

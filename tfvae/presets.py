@@ -9,9 +9,16 @@ sections, each validated against the dataclasses below:
     training:    TrainingSection (the short CPU recipe: what `tfvae train` runs)
     evaluation:  EvaluationSection
     paper:       PaperSection (optional: the published protocol and number)
+    pretrained:  PretrainedSection (optional, written by scripts/train_zoo.py: the trained
+                 weights shipped next to the YAML, how they were made and what they score)
 
 `protocol="paper"` (`tfvae train --protocol paper`, `scripts/reproduce.py`) applies the
-paper section's training and evaluation overrides on top of the short recipe.
+paper section's training and evaluation overrides on top of the short recipe;
+`protocol="converge"` trains the short recipe until the validation loss stops improving
+(`CONVERGENCE`).
+
+`from_preset(name)` returns the trained model when the preset ships weights: their sha256
+is checked before they are loaded. `from_preset(name, pretrained=False)` returns a fresh one.
 
 A run directory written by `tfvae train` holds the same YAML as `config.yaml` next to
 `model.weights.h5`, so `from_preset(run_dir)` rebuilds the trained model.
@@ -19,6 +26,7 @@ A run directory written by `tfvae train` holds the same YAML as `config.yaml` ne
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tempfile
 import warnings
@@ -60,9 +68,10 @@ class TrainingSection:
     """schedule: "constant" learning rate, or "burda": Burda et al. (2016)'s stages
     i = 0..7 of 3^i epochs at learning_rate * 10^(-i/7) (3,280 epochs in all; the last rate
     is kept after them). adam_epsilon: epsilon of Adam/Adamax (None: Keras' 1e-7).
-    early_stopping_patience: stop after this many epochs without a lower validation loss,
-    and restore the best weights. steps_per_execution: training steps per compiled call
-    (10 by default: it saved 10-20% of the time per step on a 2-core CPU by calling into
+    early_stopping_patience: stop after this many epochs without a validation loss lower
+    than the best by more than early_stopping_min_delta, and restore Keras' best weights
+    (best.weights.h5 keeps the lowest validation loss's). steps_per_execution: training
+    steps per compiled call (10 by default: it saved 10-20% of the time per step on a 2-core CPU by calling into
     the graph, the callbacks and the metrics once per 10 steps; see docs/performance.md).
     The KL warm-up then ramps its weight once per call. jit_compile: compile the steps with
     XLA (default on: 1.1-3.5x faster training steps than the graph executor for every preset
@@ -91,6 +100,7 @@ class TrainingSection:
     schedule: Literal["constant", "burda"] = "constant"
     adam_epsilon: PositiveFloat | None = None
     early_stopping_patience: PositiveInt | None = None
+    early_stopping_min_delta: NonNegativeFloat = 0.0
     clipnorm: PositiveFloat | None = None
     kl_warmup_epochs: NonNegativeInt = 0
     steps_per_epoch: PositiveInt | None = None
@@ -126,8 +136,39 @@ class PaperSection:
     evaluation: dict | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class PretrainedSection:
+    """The trained weights shipped with a preset, written by `scripts/train_zoo.py`.
+
+    file: the `.weights.h5` file next to the YAML (the model's variables only); sha256: its
+    digest, checked before loading. model: overrides of the model section the weights were
+    trained with (a paper protocol's, e.g. more refinement steps), applied with them.
+    command: the command that made them; protocol: the protocol's name and the training
+    actually run; train_seconds, machine, tfvae_version, created: when, where and with what.
+    test: the test-split numbers (ELBO, log p(x) by importance sampling with standard
+    errors, KL, active units, k, examples). fingerprint: the mean single-draw ELBO
+    (`tfvae.zoo.fingerprint`) of `examples` images of `split` drawn with `seed`, recorded at
+    training time so that a change that alters the shipped model shows.
+    """
+
+    file: str
+    sha256: str
+    command: str
+    protocol: dict
+    test: dict
+    fingerprint: dict
+    model: dict | None = None
+    train_seconds: NonNegativeFloat | None = None
+    machine: str | None = None
+    tfvae_version: str | None = None
+    created: str | None = None
+
+
 DEFAULT_PRESET = "vae_shapes"     # its data set is generated in-process: it trains with no download
-PROTOCOLS = ("short", "paper")
+PROTOCOLS = ("short", "paper", "converge")
+# The "converge" protocol: the short recipe, until the validation loss has not improved by more
+# than min_delta nats for `patience` epochs (the best epoch's weights kept), at most max_epochs.
+CONVERGENCE = {"max_epochs": 3000, "patience": 50, "min_delta": 0.1, "image_every": 50}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,13 +179,19 @@ class Preset:
     training: TrainingSection = TrainingSection()
     evaluation: EvaluationSection = EvaluationSection()
     paper: PaperSection | None = None
+    pretrained: PretrainedSection | None = None
     name: str = ""
+    # Where the YAML was read from (a directory path, or the zoo's package resource): the
+    # pretrained weights file sits there.
+    location: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out.pop("name")
-        if out["paper"] is None:
-            out.pop("paper")
+        out.pop("location")
+        for optional in ("paper", "pretrained"):
+            if out[optional] is None:
+                out.pop(optional)
         return out
 
     def with_protocol(self, protocol: str) -> "Preset":
@@ -154,6 +201,10 @@ class Preset:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         if protocol == "short":
             return self
+        if protocol == "converge":
+            return dataclasses.replace(self, training=dataclasses.replace(
+                self.training, epochs=CONVERGENCE["max_epochs"], early_stopping_patience=CONVERGENCE["patience"],
+                early_stopping_min_delta=CONVERGENCE["min_delta"], image_every=CONVERGENCE["image_every"]))
         if self.paper is None:
             raise ValueError(f"preset {self.name!r} has no paper section, so no paper protocol")
         return dataclasses.replace(
@@ -166,8 +217,9 @@ class Preset:
         return self.description.strip().splitlines()[0] if self.description.strip() else ""
 
 
-def parse_preset(raw: Any, name: str) -> Preset:
-    """A validated Preset from a parsed YAML mapping."""
+def parse_preset(raw: Any, name: str, location: Any = None) -> Preset:
+    """A validated Preset from a parsed YAML mapping; `location` is the directory it was read
+    from (where a pretrained section's weights file is looked for)."""
     where = f"preset {name!r}"
     top = validate(_TopLevel, raw, where, fill_defaults=False)
     model = top.get("model")
@@ -183,6 +235,11 @@ def parse_preset(raw: Any, name: str) -> Preset:
         paper["training"] = validate(TrainingSection, paper["training"], f"{where}, paper.training", False)
         paper["evaluation"] = validate(EvaluationSection, paper["evaluation"], f"{where}, paper.evaluation", False)
         paper = PaperSection(**paper)
+    pretrained = None
+    if top.get("pretrained") is not None:
+        pretrained = validate(PretrainedSection, top["pretrained"], f"{where}, pretrained section")
+        pretrained["model"] = validate(cls, pretrained["model"], f"{where}, pretrained.model", False)
+        pretrained = PretrainedSection(**pretrained)
     return Preset(
         description=top.get("description", ""),
         model={"class": cls.registered_name, **model},
@@ -190,7 +247,7 @@ def parse_preset(raw: Any, name: str) -> Preset:
         training=TrainingSection(**validate(TrainingSection, top.get("training"), f"{where}, training section")),
         evaluation=EvaluationSection(**validate(EvaluationSection, top.get("evaluation"),
                                                 f"{where}, evaluation section")),
-        paper=paper, name=name)
+        paper=paper, pretrained=pretrained, name=name, location=location)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +258,7 @@ class _TopLevel:
     training: dict | None = None
     evaluation: dict | None = None
     paper: dict | None = None
+    pretrained: dict | None = None
 
 
 def _model_class_name(name: Any, where: str) -> str:
@@ -237,17 +295,20 @@ def load_preset(name_or_dir: str) -> Preset:
         path = os.path.join(name_or_dir, CONFIG_FILE)
         if not os.path.isfile(path):
             raise ConfigError(f"{name_or_dir} is not a run directory: it has no {CONFIG_FILE}")
-        return parse_preset(_read_yaml(_read_text(path), path), os.path.basename(os.path.normpath(name_or_dir)))
+        return parse_preset(_read_yaml(_read_text(path), path), os.path.basename(os.path.normpath(name_or_dir)),
+                            os.path.abspath(name_or_dir))
     if isinstance(name_or_dir, str) and name_or_dir.endswith((".yaml", ".yml")) and os.path.isfile(name_or_dir):
         return parse_preset(_read_yaml(_read_text(name_or_dir), name_or_dir),
-                            os.path.basename(name_or_dir).rsplit(".", 1)[0])
+                            os.path.basename(name_or_dir).rsplit(".", 1)[0],
+                            os.path.dirname(os.path.abspath(name_or_dir)))
     files = _zoo_files()
     if isinstance(name_or_dir, (str, os.PathLike)) and os.sep in str(name_or_dir) and name_or_dir not in files:
         raise ValueError(f"{name_or_dir} does not exist: expected a run directory (with {CONFIG_FILE}), "
                          f"a preset YAML file, or a zoo preset name ({', '.join(sorted(files))})")
     if name_or_dir not in files:
         raise ValueError(close_matches_message("preset", name_or_dir, files))
-    return parse_preset(_read_yaml(files[name_or_dir].read_text(), f"zoo config {name_or_dir}.yaml"), name_or_dir)
+    return parse_preset(_read_yaml(files[name_or_dir].read_text(), f"zoo config {name_or_dir}.yaml"), name_or_dir,
+                        resources.files("tfvae.zoo_configs"))
 
 
 def list_presets() -> dict[str, str]:
@@ -355,20 +416,64 @@ def _weights_mismatch(model, path: str) -> str | None:
     return None
 
 
-def from_preset(name: str, weights: str | None = None, compile: bool = True, **overrides) -> keras.Model:
+def pretrained_weights_path(preset: Preset) -> str:
+    """The verified path of a preset's shipped weights: the file named by its pretrained
+    section, next to its YAML, whose sha256 matches the recorded one. Raises ValueError naming
+    the file when the preset ships none, or the file is missing or altered."""
+    if preset.pretrained is None:
+        raise ValueError(f"preset {preset.name!r} ships no trained weights (no pretrained section); "
+                         f"use pretrained=False for a fresh model")
+    if preset.location is None:
+        raise ValueError(f"preset {preset.name!r} was not read from a file, so its weights file "
+                         f"{preset.pretrained.file!r} cannot be found")
+    # The zoo's resource directory is a real directory (tfvae is not installed zipped).
+    path = os.path.join(os.fspath(preset.location), preset.pretrained.file)
+    if not os.path.isfile(path):
+        raise ValueError(f"the trained weights of preset {preset.name!r} are missing: {path} "
+                         f"(reinstall tfvae, or retrain with: {preset.pretrained.command})")
+    digest = file_sha256(path)
+    if digest != preset.pretrained.sha256:
+        raise ValueError(f"the trained weights of preset {preset.name!r} in {path} have been altered: "
+                         f"sha256 {digest}, recorded {preset.pretrained.sha256}")
+    return path
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def from_preset(name: str, weights: str | None = None, compile: bool = True, pretrained: bool = True,
+                **overrides) -> keras.Model:
     """A zoo model, built (and compiled with its preset's optimizer, ready for `fit`).
 
     Args:
-      name: a zoo preset name (`list_presets()`), or a run directory written by
-        `tfvae train` (its trained weights are loaded unless `weights` is given).
-      weights: a `.weights.h5` file to load, e.g. to fine-tune a trained model.
+      name: a zoo preset name (`list_presets()`), a preset YAML file, or a run directory
+        written by `tfvae train` (its trained weights are loaded unless `weights` is given).
+      weights: a `.weights.h5` file to load instead, e.g. to fine-tune a trained model.
       compile: compile with the preset's optimizer, learning rate and step settings.
-      **overrides: model constructor arguments replacing the preset's (e.g. latent_dim=10).
+      pretrained: load the preset's shipped trained weights (the default, when it ships them;
+        their sha256 is checked first). False returns a freshly initialised model. A preset
+        that ships none gives a fresh model and a warning unless pretrained=False.
+      **overrides: model constructor arguments replacing the preset's (e.g. latent_dim=10);
+        with trained weights they must leave the variables' shapes as they are.
     """
     preset = load_preset(name)
-    model = build_model(preset.model, **overrides)
+    model_config = preset.model
     if weights is None and os.path.isdir(str(name)) and os.path.isfile(os.path.join(name, WEIGHTS_FILE)):
         weights = os.path.join(name, WEIGHTS_FILE)
+    if weights is None and pretrained and not os.path.isdir(str(name)):
+        if preset.pretrained is None:
+            warnings.warn(f"preset {preset.name!r} ships no trained weights yet: returning an untrained "
+                          f"model (pass pretrained=False to ask for one explicitly)", stacklevel=2)
+        else:
+            weights = pretrained_weights_path(preset)
+            model_config = {**preset.model, **(preset.pretrained.model or {})}
+    model = build_model(model_config, **overrides)
     if weights is not None:
         load_weights(model, weights)
     if compile:

@@ -168,7 +168,9 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     val_data = prepare_dataset(val_data, strategy, t.validation_batch_size)   # equal shares; DATA sharding
     os.makedirs(out, exist_ok=True)
     if resume is None:
-        atomic_write_text(os.path.join(out, CONFIG_FILE), yaml.safe_dump(preset.to_dict(), sort_keys=False))
+        # The run's own weights replace any the preset ships: its config has no pretrained section.
+        atomic_write_text(os.path.join(out, CONFIG_FILE),
+                          yaml.safe_dump(dataclasses.replace(preset, pretrained=None).to_dict(), sort_keys=False))
         atomic_write_text(os.path.join(out, TRAIN_ARGS_FILE), json.dumps(
             {"protocol": protocol, "weights": _absolute(weights), "evaluate_after": evaluate_after,
              "data_dir": _absolute(data_dir)}, indent=2) + "\n")
@@ -190,7 +192,8 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
         run_callbacks.insert(0, schedule)
     early_stopping = None
     if t.early_stopping_patience:
-        early_stopping = keras.callbacks.EarlyStopping(patience=t.early_stopping_patience, restore_best_weights=True)
+        early_stopping = keras.callbacks.EarlyStopping(patience=t.early_stopping_patience,
+                                                       min_delta=t.early_stopping_min_delta, restore_best_weights=True)
         run_callbacks.append(early_stopping)
     resume_state = ResumeState(state_path, t.checkpoint_seconds, checkpoints, early_stopping, state)
     run_callbacks += [*(callbacks or []), resume_state]

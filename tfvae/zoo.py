@@ -1,0 +1,142 @@
+"""The trained zoo: the weights shipped with a preset, how they are made and checked.
+
+A preset ships trained weights as `zoo_configs/<preset>.weights.h5` (the model's variables,
+no optimizer slots) beside its YAML, whose `pretrained:` section (`PretrainedSection`)
+records how they were made and what they score. `scripts/train_zoo.py` trains a preset with a
+protocol into a run directory (resumable), then `publish` turns the run into that pair:
+
+  * the weights of the run's best validation epoch (`best.weights.h5`), loaded into a fresh,
+    uncompiled model and saved again, so the file holds the variables only;
+  * the test numbers: the ELBO and log p(x) by importance sampling (the protocol's k and
+    examples), with standard errors, the KL and the active units;
+  * a fingerprint: the mean single-draw ELBO of a fixed batch of test images under a fixed
+    seed (`fingerprint`). The test suite recomputes it for every shipped preset, so a change
+    that alters what a shipped model computes cannot pass unnoticed.
+
+`tfvae.from_preset(name)` then checks the file's sha256 and loads it.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+
+import numpy as np
+import yaml
+
+from tfvae.inference import evaluate
+from tfvae.inference.units import active_units
+from tfvae.io import atomic_path, atomic_write_text
+from tfvae.presets import build_model, file_sha256, load_preset, load_weights, parse_preset
+from tfvae.training.run import BEST_WEIGHTS_FILE, load_eval_data
+from tfvae.version import __version__
+
+FINGERPRINT_EXAMPLES = 100
+FINGERPRINT_SEED = 0
+
+
+def fingerprint(model, x, condition=None, seed: int = FINGERPRINT_SEED) -> float:
+    """The mean over x of the single-draw ELBO log p(x|z) - KL(q(z|x) || p(z)), z ~ q(z|x) drawn
+    from the stateless seed [seed, 0] (`model.elbo_terms(x, k=1, seed=[seed, 0])`), in nats."""
+    return float(np.mean(model.elbo_terms(x, k=1, condition=condition, seed=[seed, 0])["elbo"].numpy()))
+
+
+def fingerprint_batch(preset, data_dir=None, examples: int = FINGERPRINT_EXAMPLES, seed: int = FINGERPRINT_SEED):
+    """(x, condition) of the fingerprint: `examples` images of the preset's evaluation split
+    drawn at random with `seed` (condition None for an unconditional data set)."""
+    batch = next(iter(load_eval_data(preset, data_dir, examples=examples, batch_size=examples, seed=seed)))
+    return batch if isinstance(batch, tuple) else (batch, None)
+
+
+def machine() -> str:
+    """"<n>-core <CPU model>" of this machine (the CPU model from /proc/cpuinfo where there is one)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = re.findall(r"^model name\s*:\s*(.+)$", f.read(), flags=re.MULTILINE)
+        model = names[0].strip() if names else model
+    except OSError:
+        pass
+    return f"{os.cpu_count()}-core {model}"
+
+
+def publish(run_dir: str, zoo_dir: str, command: str, data_dir: str | None = None, verbose: bool = True) -> dict:
+    """Ships a finished run's best weights with its preset: writes `<zoo_dir>/<preset>.weights.h5`
+    and the preset's `pretrained:` section (replacing any earlier one) in `<zoo_dir>/<preset>.yaml`,
+    and returns that section.
+
+    Args:
+      run_dir: a complete run of `tfvae train` (its metadata.json written) of a preset in zoo_dir.
+      zoo_dir: the directory of the preset YAML files (the repository's zoo_configs/).
+      command: the command that reproduces the run, recorded in the section.
+      data_dir: where the data set's files are (default: where the run found them).
+    """
+    with open(os.path.join(run_dir, "metadata.json")) as f:
+        metadata = json.load(f)
+    name = metadata["preset"]
+    yaml_path = os.path.join(zoo_dir, f"{name}.yaml")
+    if not os.path.isfile(yaml_path):
+        raise ValueError(f"{run_dir} is a run of preset {name!r}, which {zoo_dir} does not hold")
+    if data_dir is None:
+        with open(os.path.join(run_dir, "train_args.json")) as f:
+            data_dir = json.load(f).get("data_dir")
+    run, zoo = load_preset(run_dir), load_preset(yaml_path)
+    model = build_model(run.model)                       # uncompiled: no optimizer slots to save
+    load_weights(model, os.path.join(run_dir, BEST_WEIGHTS_FILE))
+    weights_file = f"{name}.weights.h5"
+    with atomic_path(os.path.join(zoo_dir, weights_file), suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+
+    report = evaluate(model, load_eval_data(run, data_dir), k=run.evaluation.k, verbose=verbose)
+    units = active_units(model, load_eval_data(run, data_dir))
+    x, condition = fingerprint_batch(run, data_dir)
+    t = run.training
+    section = {
+        "file": weights_file,
+        "sha256": file_sha256(os.path.join(zoo_dir, weights_file)),
+        "command": command,
+        "protocol": {"name": metadata["protocol"], "epochs_run": metadata["epochs"],
+                     "best_epoch": metadata["best_epoch"], "weights": "best validation epoch",
+                     "max_epochs": t.epochs, "batch_size": t.batch_size, "optimizer": t.optimizer,
+                     "learning_rate": t.learning_rate, "schedule": t.schedule, "adam_epsilon": t.adam_epsilon,
+                     "clipnorm": t.clipnorm, "kl_warmup_epochs": t.kl_warmup_epochs,
+                     "early_stopping_patience": t.early_stopping_patience,
+                     "early_stopping_min_delta": t.early_stopping_min_delta, "seed": t.seed,
+                     "train_split": run.data.train_split, "validation_split": run.data.validation_split},
+        "test": {"split": run.data.eval_split, "k": report["k"], "examples": report["examples"],
+                 **{key: round(float(report[key]), 4) for key in
+                    ("elbo", "elbo_se", "log_px", "log_px_se", "kl", "kl_se")},
+                 "active_units": units["active"]},
+        "fingerprint": {"split": run.data.eval_split, "examples": len(x), "seed": FINGERPRINT_SEED,
+                        "elbo": round(fingerprint(model, x, condition), 4)},
+        "model": {key: value for key, value in run.model.items() if zoo.model.get(key) != value} or None,
+        "train_seconds": round(float(metadata["train_seconds"]), 1),
+        "machine": machine(),
+        "tfvae_version": __version__,
+        "created": datetime.date.today().isoformat(),
+    }
+    write_pretrained_section(yaml_path, section)
+    return section
+
+
+def write_pretrained_section(yaml_path: str, section: dict):
+    """Replaces the `pretrained:` section of a preset YAML with `section` (appended at the end),
+    leaving the rest of the text as it was; checks that the result parses as a preset."""
+    with open(yaml_path, encoding="utf-8") as f:
+        lines = f.read().splitlines(keepends=True)
+    kept, skipping = [], False
+    for line in lines:
+        top_level = re.match(r"^[A-Za-z_]\w*:", line)
+        if top_level:
+            skipping = line.startswith("pretrained:")
+        if not skipping:
+            kept.append(line)
+    text = "".join(kept)
+    if text and not text.endswith("\n"):
+        text += "\n"
+    text += yaml.safe_dump({"pretrained": section}, sort_keys=False, width=100)
+    name = os.path.basename(yaml_path).rsplit(".", 1)[0]
+    parse_preset(yaml.safe_load(text), name, os.path.dirname(os.path.abspath(yaml_path)))
+    atomic_write_text(yaml_path, text)
