@@ -114,7 +114,8 @@ def test_burda_schedule_matches_its_stages_enumerated_epoch_by_epoch():
         learning_rate_schedule("cosine", 1e-3)
 
 
-def test_a_run_validates_on_its_validation_split_and_evaluates_on_its_eval_split(tmp_path, shared_data):
+def test_a_run_validates_on_its_validation_split_and_evaluates_on_its_eval_split(tmp_path, shared_data,
+                                                                                  isolated_cache):
     """Three runs from one seed on the same training data: validating on the evaluation split
     by default or by name gives the same numbers; naming another split changes the validation
     loss only, and the final evaluation stays on the evaluation split."""
@@ -142,6 +143,10 @@ def test_a_run_validates_on_its_validation_split_and_evaluates_on_its_eval_split
     other, other_evaluation, out = run("other", "valid[:100]", os.path.relpath(shared_data))
     with open(os.path.join(out, "train_args.json")) as f:
         assert json.load(f)["data_dir"] == os.path.abspath(shared_data)
+    # ... where the commands on the run find the data without --data-dir (no download: the
+    # cache is empty and the network unreachable).
+    from tfvae.training.run import evaluate_run
+    assert evaluate_run(out, k=2, examples=20, disentanglement=False, verbose=False)["examples"] == 20
     assert len(default) == len(other) == 2
     for a, b, c in zip(default, named, other):
         assert a == b

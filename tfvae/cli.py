@@ -120,7 +120,7 @@ def cmd_gaps(args):
 def cmd_export(args):
     from tfvae.export import export
     from tfvae.training.run import load_run
-    _, model = load_run(args.run_dir)
+    _, model, _ = load_run(args.run_dir)
     path = export(model, args.out, k=args.k, max_samples=args.max_samples)
     print(f"SavedModel written to {path}")
 
@@ -129,7 +129,7 @@ def cmd_sample(args):
     import numpy as np
     from tfvae.training.images import save_image_grid
     from tfvae.training.run import load_run
-    _, model = load_run(args.run_dir)
+    _, model, _ = load_run(args.run_dir)
     condition = None
     if model.condition_dim:
         labels = np.arange(args.n) % model.condition_dim
@@ -154,7 +154,8 @@ def _add_data_options(p):
     """The evaluation examples' options shared by `evaluate` and `gaps`."""
     p.add_argument("--split", help="data split (default: the preset's evaluation split)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help="directory holding the data set's files (default: the one the run "
+                                      "was trained from, else the download cache)")
 
 
 def build_parser() -> argparse.ArgumentParser:

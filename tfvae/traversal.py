@@ -466,7 +466,7 @@ def traverse_run(run_dir: str, out_dir: str | None = None, data_dir: str | None 
     from tfvae.training.run import load_eval_data, load_run
 
     check_count("examples", examples)
-    preset, model = load_run(run_dir)
+    preset, model, data_dir = load_run(run_dir, data_dir)
     image_shape(model.data_shape)
     batches = list(load_eval_data(preset, data_dir, examples=examples, batch_size=examples, split=split, seed=seed))
     pairs = [model.unpack(batch) for batch in batches]

@@ -30,7 +30,7 @@ from tfvae.inference import evaluate
 from tfvae.inference.units import active_units
 from tfvae.io import atomic_path, atomic_write_text
 from tfvae.presets import build_model, file_sha256, load_preset, load_weights, parse_preset
-from tfvae.training.run import BEST_WEIGHTS_FILE, load_eval_data
+from tfvae.training.run import BEST_WEIGHTS_FILE, load_eval_data, started_with
 from tfvae.version import __version__
 
 FINGERPRINT_EXAMPLES = 100
@@ -80,8 +80,7 @@ def publish(run_dir: str, zoo_dir: str, command: str, data_dir: str | None = Non
     if not os.path.isfile(yaml_path):
         raise ValueError(f"{run_dir} is a run of preset {name!r}, which {zoo_dir} does not hold")
     if data_dir is None:
-        with open(os.path.join(run_dir, "train_args.json")) as f:
-            data_dir = json.load(f).get("data_dir")
+        data_dir = started_with(run_dir).get("data_dir")
     run, zoo = load_preset(run_dir), load_preset(yaml_path)
     model = build_model(run.model)                       # uncompiled: no optimizer slots to save
     load_weights(model, os.path.join(run_dir, BEST_WEIGHTS_FILE))

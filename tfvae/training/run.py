@@ -271,19 +271,28 @@ def _resumed_run(run_dir, out, preset, model, training, evaluation, weights, dat
         raise ValueError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
     if os.path.isfile(os.path.join(run_dir, "metadata.json")):
         raise ValueError(f"the run in {run_dir} is complete (it has metadata.json): nothing to resume")
-    args_path = os.path.join(run_dir, TRAIN_ARGS_FILE)
-    started = {}
-    if os.path.isfile(args_path):
-        with open(args_path) as f:
-            started = json.load(f)
+    started = started_with(run_dir)
     remove_stale_temporaries(run_dir)
     return (run_dir, load_preset(run_dir), started.get("protocol", "short"), started.get("weights"),
             started.get("evaluate_after", True), data_dir if data_dir is not None else started.get("data_dir"))
 
 
-def load_run(run_dir: str):
-    """(preset, model) of a run directory: its resolved config and its trained weights."""
-    return load_preset(run_dir), from_preset(run_dir, compile=False)
+def started_with(run_dir: str) -> dict:
+    """How a run was started (train_args.json: protocol, initial weights, data directory,
+    evaluate_after); {} for a run written before that file existed."""
+    path = os.path.join(run_dir, TRAIN_ARGS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_run(run_dir: str, data_dir: str | None = None):
+    """(preset, model, data_dir) of a run directory: its resolved config, its trained weights,
+    and `data_dir` or else the data directory the run was trained from (None: the download
+    cache), so the commands on a run find its data where it did."""
+    data_dir = data_dir if data_dir is not None else started_with(run_dir).get("data_dir")
+    return load_preset(run_dir), from_preset(run_dir, compile=False), data_dir
 
 
 def evaluate_run(run_dir: str, data_dir=None, k: int | None = None, examples: int | None = None,
@@ -296,7 +305,7 @@ def evaluate_run(run_dir: str, data_dir=None, k: int | None = None, examples: in
     key "disentanglement". Written as JSON to `out_path` (default RUN_DIR/evaluation.json)."""
     from tfvae.metrics.report import disentanglement_report
 
-    preset, model = load_run(run_dir)
+    preset, model, data_dir = load_run(run_dir, data_dir)
     data = load_eval_data(preset, data_dir, examples=examples, split=split, seed=seed)
     report = evaluate(model, data, k=k or preset.evaluation.k, seed=seed, verbose=verbose)
     if disentanglement and datasets.info(preset.data.name).factor_names:
@@ -321,7 +330,7 @@ def gaps(run_dir: str, examples: int = 100, k: int | None = None, families=("dia
     to `gap_report` (steps, eval_k, learning_rate, samples, refine_steps, points, ...).
     """
     from tfvae.inference.gaps import format_gap_table, gap_report, plot_gaps
-    preset, model = load_run(run_dir)
+    preset, model, data_dir = load_run(run_dir, data_dir)
     batches = list(load_eval_data(preset, data_dir, examples=examples, batch_size=examples, split=split, seed=seed))
     pairs = [model.unpack(b) for b in batches]
     x = np.concatenate([np.asarray(xb) for xb, _ in pairs])
