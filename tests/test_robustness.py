@@ -158,3 +158,49 @@ def test_cli_deterministic_flag_reaches_the_training_section(monkeypatch):
     assert seen["training"]["deterministic"] is True and seen["training"]["seed"] == 3
     assert main(["train", "--no-eval"]) == 0
     assert "deterministic" not in seen["training"]
+
+
+# ------------------------------------------------------------------ fit checks its data
+def _tiny_fitted(*refused, final):
+    """Weights of a tiny VAE (fixed initial weights and seed) after `fit` refused each of
+    `refused` (each must raise ValueError), then trained one epoch on `final`."""
+    keras.utils.set_random_seed(0)
+    model = VAE(data_shape=(4, 4, 1), latent_dim=2, encoder={"type": "mlp", "hidden": [8]}, seed=3)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    for data in refused:
+        with pytest.raises(ValueError):
+            model.fit(data, epochs=1, batch_size=8, verbose=0)
+    model.fit(final, epochs=1, batch_size=8, verbose=0, shuffle=False)
+    return model.get_weights()
+
+
+def test_a_refused_fit_leaves_the_model_as_if_the_call_had_not_happened():
+    x = (np.random.default_rng(0).random((32, 4, 4, 1)) > 0.5).astype("float32")
+    with_nan = x.copy()
+    with_nan[0, 1, 1, 0] = np.nan
+    refused = [x[..., 0],                                              # (N, 4, 4) for a (4, 4, 1) model
+               with_nan, x * 255,                                      # NaN; pixels in 0..255
+               tf.data.Dataset.from_tensor_slices(with_nan).batch(8)]  # refused at its first batch
+    expected = _tiny_fitted(final=x)
+    got = _tiny_fitted(*refused, final=x)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_pipeline_batch_is_refused_by_a_message_that_names_the_problem_and_the_call_undone():
+    x = (np.random.default_rng(1).random((16, 4, 4, 1)) > 0.5).astype("float32")
+    bad = x.copy()
+    bad[8:] *= 255                                                     # the second batch of 8 is in 0..255
+    keras.utils.set_random_seed(0)
+    model = VAE(data_shape=(4, 4, 1), latent_dim=2, encoder={"type": "mlp", "hidden": [8]}, seed=3)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    initial = model.get_weights()
+    with pytest.raises(ValueError, match=r"x: a batch of the data set must be finite and lie in \[0, 1\] .* 0 255"):
+        model.fit(tf.data.Dataset.from_tensor_slices(bad).batch(8), epochs=1, verbose=0)
+    # The step on the first (good) batch is undone with the refusal: all or nothing.
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), initial))
+    assert int(model.optimizer.iterations.numpy()) == 0
+    with pytest.raises(ValueError, match="validation_data: a batch of the data set must be finite and lie in"):
+        model.fit(x, epochs=1, batch_size=8, verbose=0, validation_data=tf.data.Dataset.from_tensor_slices(bad).batch(8))
+    with pytest.raises(ValueError, match="x must lie in"):
+        model.evaluate(bad, verbose=0)

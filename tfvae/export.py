@@ -85,6 +85,7 @@ import keras
 import tensorflow as tf
 
 from tfvae.distributions import moments
+from tfvae.inputs import checked_in_graph, shape_checked_in_graph
 from tfvae.inference.importance import importance_terms
 from tfvae.io import atomic_path
 from tfvae.version import versions
@@ -100,39 +101,6 @@ _MODEL_CONTRACT = ("encode", "decode", "reconstruct", "sample", "elbo_terms", "l
 
 
 # --------------------------------------------------------------------- in-graph checks
-def _after(check, x):
-    with tf.control_dependencies([check]):
-        return tf.identity(x)
-
-
-def _shape_checked(x, what: str, shape):
-    """x, after checking at run time that its shape is `shape` (None: any size). The
-    signature declares the shape, and calls through the loaded object's attributes enforce
-    it, but a call through `loaded.signatures[name]` (TF Serving) feeds the graph any
-    shape. `EnsureShape` rather than an Assert on tf.shape(x): graph optimisation folds
-    the rank of x to the declared one, so such an Assert would not see a wrong rank."""
-    return tf.ensure_shape(tf.identity(x, name=what), shape, name=f"{what}_shape")
-
-
-def _checked(x, what: str, shape, support: str = "real"):
-    """x, made to depend on in-graph asserts: shape `shape` ([None, ...]), batch not empty,
-    values finite and, for support "unit_interval", in [0, 1]. The asserts run one after
-    the other so that the first failing one names the problem."""
-    x = _shape_checked(x, what, shape)
-    x = _after(tf.debugging.assert_positive(
-        tf.shape(x)[0], message=f"{what} is an empty batch; expected at least one example"), x)
-    x = _after(tf.debugging.Assert(
-        tf.reduce_all(tf.math.is_finite(x)),
-        [f"{what} has non-finite values (NaN or Inf); expected finite numbers"]), x)
-    if support == "unit_interval":
-        low, high = tf.reduce_min(x), tf.reduce_max(x)
-        x = _after(tf.debugging.Assert(
-            tf.logical_and(low >= 0.0, high <= 1.0),
-            [f"{what} must lie in [0, 1] for a Bernoulli likelihood (scale images with x / 255); "
-             f"got min and max", low, high]), x)
-    return x
-
-
 def _rows_match(condition, rows, per: str, allow_one: bool = False):
     """condition, after asserting that it has `rows` rows (one per `per`), or 1 when `allow_one`."""
     have = tf.shape(condition)[0]
@@ -157,9 +125,9 @@ def _endpoints(model, k: int, max_samples: int, export_seed: int) -> dict:
         return tf.constant([export_seed, 0], tf.int32)
 
     def inputs(x, condition):
-        x = _checked(x, "x", x_shape, support)
+        x = checked_in_graph(x, "x", x_shape, support)
         if condition_dim:
-            condition = _rows_match(_checked(condition, "condition", condition_shape), tf.shape(x)[0],
+            condition = _rows_match(checked_in_graph(condition, "condition", condition_shape), tf.shape(x)[0],
                                     "example of x")
         return x, condition
 
@@ -168,23 +136,24 @@ def _endpoints(model, k: int, max_samples: int, export_seed: int) -> dict:
         return {"mean": mean, "stddev": stddev}
 
     def decode(z, condition):
-        z = _checked(z, "z", (None, latent_dim))
+        z = checked_in_graph(z, "z", (None, latent_dim))
         if condition_dim:
-            condition = _rows_match(_checked(condition, "condition", condition_shape), tf.shape(z)[0], "row of z")
+            condition = _rows_match(checked_in_graph(condition, "condition", condition_shape), tf.shape(z)[0],
+                                    "row of z")
         return {"mean": model.decode(z, condition).mean()}
 
     def reconstruct(x, condition):
         return {"reconstruction": model.reconstruct(*inputs(x, condition))}
 
     def sample(n, seed, condition):
-        n, seed = _shape_checked(n, "n", ()), _shape_checked(seed, "seed", (2,))
+        n, seed = shape_checked_in_graph(n, "n", ()), shape_checked_in_graph(seed, "seed", (2,))
         checks = [tf.debugging.assert_greater_equal(n, 1, message="n must be at least 1"),
                   tf.debugging.assert_less_equal(n, max_samples,
                                                  message=f"n must be at most max_samples={max_samples}")]
         with tf.control_dependencies(checks):
             n = tf.identity(n)
         if condition_dim:
-            condition = _rows_match(_checked(condition, "condition", condition_shape), n, "sample", allow_one=True)
+            condition = _rows_match(checked_in_graph(condition, "condition", condition_shape), n, "sample", allow_one=True)
         return {"x": model.sample(n, seed=seed, condition=condition)}
 
     def elbo(x, condition):

@@ -22,11 +22,13 @@ global batch (`tfvae.training.distribute` has the details). On one replica it ad
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from typing import Literal
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -34,7 +36,8 @@ from tfvae import steps
 from tfvae.config import NonNegativeInt, PositiveInt, Sizes, validate
 from tfvae.distributions import (LIKELIHOODS, DiagonalGaussianPosterior, build_likelihood, moments,
                                  normalize_spec, standard_normal)
-from tfvae.inputs import as_float_tensor, check_batch, check_condition, check_sample_count
+from tfvae.inputs import (RefusedBatch, as_float_tensor, check_batch, check_condition, check_sample_count,
+                          checked_in_pipeline)
 from tfvae.nets import build_decoder, build_encoder, normalize_net_spec
 from tfvae.seeds import as_seed  # noqa: F401  (re-exported: tfvae.models.base.as_seed)
 
@@ -83,6 +86,24 @@ def _clip_like(optimizer, gradients):
         return [None if g is None else next(clipped) for g in gradients]
     return [None if g is None else tf.clip_by_value(g, -optimizer.clipvalue, optimizer.clipvalue)
             for g in gradients]
+
+
+DATA_BATCH = "a batch of the data set"     # names the checks `BaseVAE.checked_data` maps into a pipeline
+
+
+@contextlib.contextmanager
+def _data_errors_as_value_errors():
+    """Turns the failure of a pipeline check of `BaseVAE.checked_data` (an InvalidArgumentError
+    raised where the batch is read) into a ValueError with the check's own message."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as e:
+        failed = [line.split("assertion failed:", 1)[1] for line in e.message.splitlines()
+                  if "assertion failed:" in line and DATA_BATCH in line]
+        if not failed:
+            raise
+        parts = failed[0].strip()[1:-1].split("] [")       # "[message] [value] [value]"
+        raise RefusedBatch(" ".join(parts)) from None
 
 
 def apply_mean_gradients(optimizer, gradients, variables):
@@ -419,6 +440,87 @@ class BaseVAE(keras.Model):
         x, condition = self.unpack(data)
         loss, terms = self.objective_and_terms(x, condition, training=False)
         return self._record(loss, terms)
+
+    # ----------------------------------------------------------------- fit, checked
+    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+        """Keras' `fit`, with the data checked as every other entry point checks it (shape,
+        finite values, the likelihood's support; `checked_data`), and the optimizer built
+        before the first step is traced, so that a refused call leaves the model exactly as
+        it was. A bad array is refused before anything runs; a tf.data pipeline is checked
+        batch by batch in the pipeline, outside the compiled step, and its first bad batch
+        stops `fit` (`RefusedBatch`, a ValueError). Refusals leave every variable (weights,
+        optimizer slots and step counter, seed stream) as it was before the call: a refused
+        call is all or nothing, also because the step function that fails on a batch has
+        already advanced the counters that do not depend on the data."""
+        x = self.checked_data(x, "x")
+        if validation_data is not None:
+            validation_data = self.checked_data(validation_data, "validation_data")
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        state = self._training_state()
+        before = [v.numpy() for v in state]
+        try:
+            with _data_errors_as_value_errors():
+                return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
+        except RefusedBatch:
+            for variable, value in zip(state, before):
+                variable.assign(value)
+            raise
+
+    def _training_state(self) -> list:
+        """Every variable `fit` changes: the model's own (weights, seed stream, metrics) and
+        those of its optimizers (the compiled one and any a variant keeps, e.g. FactorVAE's)."""
+        optimizers = [self.optimizer, *(v for v in vars(self).values() if isinstance(v, keras.optimizers.Optimizer))]
+        unique = {id(o): o for o in optimizers if o is not None}
+        return list(self.variables) + [v for o in unique.values() for v in o.variables]
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """Keras' `evaluate` (the model's loss and metrics), with the data checked as by `fit`."""
+        with _data_errors_as_value_errors():
+            return super().evaluate(self.checked_data(x, "x"), y, *args, **kwargs)
+
+    def checked_data(self, data, what: str = "x"):
+        """`data` for `fit` or `evaluate`, checked: an array (or an (x, condition) pair of
+        arrays for a conditional model) now, whole, by `check_batch`; a tf.data.Dataset by its
+        element shapes now and, batch by batch as it is read, by asserts mapped into the
+        pipeline (`checked_in_pipeline`: never inside the compiled step). Anything else (a Python
+        generator, a PyDataset) passes unchecked."""
+        support = getattr(self.likelihood, "support", "real")
+        if isinstance(data, tf.data.Dataset):
+            return self._checked_dataset(data, what, support)
+        pair = isinstance(data, (tuple, list)) and len(data) == 2 and self.condition_dim
+        if pair:
+            x = check_batch(data[0], self.data_shape, f"{what}[0]", support)
+            return x, check_condition(data[1], self.condition_dim, x.shape[0])
+        if isinstance(data, (np.ndarray, tf.Tensor)) or (isinstance(data, (list, tuple)) and not self.condition_dim):
+            return check_batch(data, self.data_shape, what, support)
+        return data
+
+    def _checked_dataset(self, data, what: str, support: str):
+        spec = data.element_spec
+        parts = spec if isinstance(spec, tuple) else (spec,)
+        if not all(isinstance(p, tf.TensorSpec) for p in parts):
+            return data                    # nested or ragged structures: left to the step's own errors
+        x_spec = parts[0]
+        expected = tf.TensorShape([None, *self.data_shape])
+        if not x_spec.shape.is_compatible_with(expected):
+            shape = tuple(x_spec.shape.as_list()) if x_spec.shape.rank is not None else "unknown rank"
+            raise ValueError(f"{what}: the data set yields batches of shape {shape}; this model needs "
+                             f"(batch, {', '.join(map(str, self.data_shape))})")
+        if self.condition_dim and len(parts) < 2:
+            raise ValueError(f"{what}: this model is conditional (condition_dim={self.condition_dim}): "
+                             f"its data must yield (x, condition) pairs, e.g. labels=True")
+        @tf.autograph.experimental.do_not_convert
+        def check(*batch):
+            checked = [checked_in_pipeline(tf.cast(batch[0], tf.float32), f"{what}: {DATA_BATCH}",
+                                           [None, *self.data_shape], support)]
+            if self.condition_dim:
+                checked.append(checked_in_pipeline(tf.cast(batch[1], tf.float32),
+                                                   f"{what}: the condition of {DATA_BATCH}", [None, self.condition_dim]))
+            checked += list(batch[len(checked):])
+            return tuple(checked) if isinstance(spec, tuple) else checked[0]
+
+        return data.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def make_train_function(self, force=False):
         """Keras' train function; with jit_compile on one device, its `steps_per_execution`
