@@ -456,7 +456,8 @@ class BaseVAE(keras.Model):
         if validation_data is not None:
             validation_data = self.checked_data(validation_data, "validation_data")
         if self.optimizer is not None and not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
+            with self.distribute_strategy.scope():        # its slots mirror the variables
+                self.optimizer.build(self.trainable_variables)
         state = self._training_state()
         before = [v.numpy() for v in state]
         try:
