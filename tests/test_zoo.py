@@ -119,5 +119,4 @@ def test_every_shipped_preset_computes_its_recorded_fingerprint(name, shared_dat
 def _data_dir(preset, shared_data):
     """The shared data folder of the preset's data set (None for the embedded ones)."""
     folder = Path(shared_data) / preset.data.name
-    return str(folder) if folder.is_dir() else (str(Path(shared_data) / "mnist") if "mnist" in preset.data.name
-                                                 else None)
+    return str(folder) if folder.is_dir() else None

@@ -153,7 +153,8 @@ def _endpoints(model, k: int, max_samples: int, export_seed: int) -> dict:
         with tf.control_dependencies(checks):
             n = tf.identity(n)
         if condition_dim:
-            condition = _rows_match(checked_in_graph(condition, "condition", condition_shape), n, "sample", allow_one=True)
+            condition = _rows_match(checked_in_graph(condition, "condition", condition_shape), n, "sample",
+                                    allow_one=True)
         return {"x": model.sample(n, seed=seed, condition=condition)}
 
     def elbo(x, condition):

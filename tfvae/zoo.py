@@ -88,8 +88,9 @@ def publish(run_dir: str, zoo_dir: str, command: str, data_dir: str | None = Non
     with atomic_path(os.path.join(zoo_dir, weights_file), suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
 
-    report = evaluate(model, load_eval_data(run, data_dir), k=run.evaluation.k, verbose=verbose)
-    units = active_units(model, load_eval_data(run, data_dir))
+    test_data = load_eval_data(run, data_dir)
+    report = evaluate(model, test_data, k=run.evaluation.k, verbose=verbose)
+    units = active_units(model, test_data)
     x, condition = fingerprint_batch(run, data_dir)
     t = run.training
     section = {
