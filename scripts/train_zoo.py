@@ -11,7 +11,9 @@ is resumed (`tfvae train --resume`), a finished one is not trained again. Then i
 zoo_configs/<preset>.weights.h5 (the best validation epoch's weights, variables only) and the
 preset's `pretrained:` section: the protocol, time, machine, test ELBO and log p(x) with
 standard errors, active units, the file's sha256 and the fingerprint the tests check
-(`tfvae.zoo.publish`). Commit them once, when final.
+(`tfvae.zoo.publish`). The weights and the section are written before the test evaluation
+(minutes at k = 5000): if that is cut short, `--test-only` measures and records it later.
+Commit the weights once, when final.
 """
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ def parse_args(argv=None):
     p.add_argument("--zoo-dir", default=os.path.join(REPO, "zoo_configs"),
                    help="where the preset YAML files are and the weights go (default: the repository's zoo_configs)")
     p.add_argument("--no-publish", action="store_true", help="train (or resume) only")
+    p.add_argument("--test-only", action="store_true",
+                   help="only measure the shipped weights' test numbers and record them in the preset "
+                        "(after a publish whose evaluation was cut short); trains nothing")
     return p.parse_args(argv)
 
 
@@ -42,8 +47,14 @@ def main(argv=None):
     args = parse_args(argv)
     from tfvae.training import train
     from tfvae.training.resume import RESUME_FILE
-    from tfvae.zoo import publish
+    from tfvae.zoo import publish, record_test
 
+    if args.test_only:
+        try:
+            report(args.preset, record_test(os.path.join(args.zoo_dir, f"{args.preset}.yaml"), args.data_dir))
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
+        return
     run_dir = os.path.join(args.runs, f"{args.preset}_{args.protocol}")
     finished = os.path.isfile(os.path.join(run_dir, "metadata.json"))
     try:
@@ -64,11 +75,15 @@ def main(argv=None):
                           f"--protocol {args.protocol}{data}", data_dir=args.data_dir)
     except ValueError as e:           # unknown preset, no paper section, bad data dir
         raise SystemExit(f"error: {e}")
+    report(args.preset, section)
+
+
+def report(preset: str, section: dict):
     test = section["test"]
-    print(f"{args.preset}: {section['protocol']['epochs_run']} epochs (best {section['protocol']['best_epoch']}), "
+    print(f"{preset}: {section['protocol']['epochs_run']} epochs (best {section['protocol']['best_epoch']}), "
           f"test log p(x) {test['log_px']:.2f} ± {test['log_px_se']:.2f}, ELBO {test['elbo']:.2f} ± "
           f"{test['elbo_se']:.2f} (k={test['k']}, {test['examples']} examples); weights in "
-          f"{os.path.join(args.zoo_dir, section['file'])}")
+          f"{section['file']}")
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@ import importlib.util
 from pathlib import Path
 
 import h5py
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 
 import tfvae
 from tfvae.presets import load_preset
+from tfvae.training.run import load_eval_data
 from tfvae.zoo import fingerprint, fingerprint_batch
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "train_zoo.py"
@@ -103,6 +106,72 @@ def test_running_the_script_again_publishes_without_training_again(shipped, caps
     assert "test log p(x)" in capsys.readouterr().out
 
 
+def test_an_evaluation_cut_short_is_completed_by_test_only(shipped, tmp_path, capsys):
+    """publish writes the weights and their section before the test evaluation; --test-only
+    measures the shipped weights alone and records what the whole publish recorded."""
+    from tfvae.cli import _preset_line
+    from tfvae.zoo import write_pretrained_section
+    zoo, _, _ = shipped
+    copy = tmp_path / "zoo"
+    copy.mkdir()
+    (copy / "tiny.weights.h5").write_bytes((zoo / "tiny.weights.h5").read_bytes())
+    (copy / "tiny.yaml").write_text((zoo / "tiny.yaml").read_text())
+    published = yaml.safe_load((zoo / "tiny.yaml").read_text())["pretrained"]
+    write_pretrained_section(str(copy / "tiny.yaml"), {**published, "test": None})
+    assert _preset_line(str(copy / "tiny.yaml"), "tiny").startswith("[trained, not yet evaluated]")
+    train_zoo.main(["tiny", "--test-only", "--zoo-dir", str(copy)])
+    assert yaml.safe_load((copy / "tiny.yaml").read_text())["pretrained"] == published
+    assert _preset_line(str(copy / "tiny.yaml"), "tiny").startswith(
+        f"[trained: test log p(x) {published['test']['log_px']:.2f}")
+
+
+def test_fine_tuning_a_trained_preset_on_the_users_own_data(shipped, tmp_path):
+    """The README's fine-tuning path, on a numpy array of the user's: the trained preset compiled
+    at a tenth of its learning rate, fit, evaluated, saved as .keras, reloaded, exported. Checked
+    against Adam's first step (every weight moves by at most the learning rate, most by almost
+    exactly it: the move is lr * g / (|g| + eps')), against the shipped weights it must start
+    from, and against the reloaded and exported models, which must compute what it computes."""
+    zoo, _, _ = shipped
+    preset = str(zoo / "tiny.yaml")
+    images = next(iter(tfvae.data.load("shapes", split="test", batch_size=200, seed=1))).numpy()
+    new_data = np.ascontiguousarray(np.transpose(images, (0, 2, 1, 3)))     # shapes transposed: unseen data
+    shipped_weights = tfvae.from_preset(preset, compile=False).get_weights()
+    model = tfvae.from_preset(preset, training={"learning_rate": 1e-4})
+    for a, b in zip(model.get_weights(), shipped_weights):
+        np.testing.assert_array_equal(a, b)
+    before = fingerprint(model, new_data)
+
+    model.fit(new_data[:20], batch_size=20, epochs=1, verbose=0)                  # one step
+    moves = np.concatenate([np.abs(a - b).ravel() for a, b in zip(model.get_weights(), shipped_weights)])
+    assert moves.max() <= 1e-4 * (1 + 1e-3) and moves.max() >= 1e-4 * 0.99
+    assert np.median(moves) > 0.5e-4
+
+    model.fit(tf.data.Dataset.from_tensor_slices(new_data).batch(20), epochs=3, verbose=0)   # a pipeline too
+    assert fingerprint(model, new_data) > before + 1.0
+    report = tfvae.evaluate(model, new_data[:40], k=20, seed=3, verbose=False)
+
+    path = str(tmp_path / "fine_tuned.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path, safe_mode=True)
+    for a, b in zip(reloaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    again = tfvae.evaluate(reloaded, new_data[:40], k=20, seed=3, verbose=False)
+    assert again["log_px"] == pytest.approx(report["log_px"], abs=1e-4)
+
+    tfvae.export(reloaded, str(tmp_path / "served"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    served_elbo = np.mean(served.elbo(tf.constant(new_data))["elbo"].numpy())
+    assert served_elbo == pytest.approx(fingerprint(model, new_data, seed=0), abs=1e-3)
+
+
+def test_a_training_override_is_checked_like_the_preset(shipped):
+    zoo, _, _ = shipped
+    with pytest.raises(ValueError, match="unknown key 'learning_rat'.*learning_rate"):
+        tfvae.from_preset(str(zoo / "tiny.yaml"), training={"learning_rat": 1e-4})
+    with pytest.raises(ValueError, match="'learning_rate' must be"):
+        tfvae.from_preset(str(zoo / "tiny.yaml"), training={"learning_rate": -1.0})
+
+
 SHIPPED = sorted(name for name in tfvae.list_presets() if load_preset(name).pretrained is not None)
 
 
@@ -114,6 +183,23 @@ def test_every_shipped_preset_computes_its_recorded_fingerprint(name, shared_dat
     x, condition = fingerprint_batch(preset, _data_dir(preset, shared_data), preset.pretrained.fingerprint["examples"],
                                      preset.pretrained.fingerprint["seed"])
     assert fingerprint(model, x, condition) == pytest.approx(preset.pretrained.fingerprint["elbo"], abs=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_preset_reproduces_its_recorded_test_log_px(name, shared_data):
+    """Slow (minutes at k = 5000): the recorded test log p(x), measured again on the same test
+    examples with other importance samples, lies within 3 standard errors."""
+    preset = load_preset(name)
+    recorded = preset.pretrained.test
+    if recorded is None:
+        pytest.skip(f"{name}'s test numbers are not recorded yet (scripts/train_zoo.py --test-only)")
+    run = preset.with_protocol(preset.pretrained.protocol["name"])
+    model = tfvae.from_preset(name, compile=False)
+    again = tfvae.evaluate(model, load_eval_data(run, _data_dir(preset, shared_data)), k=recorded["k"], seed=1,
+                           verbose=False)
+    assert again["examples"] == recorded["examples"]
+    assert abs(again["log_px"] - recorded["log_px"]) <= 3 * recorded["log_px_se"]
 
 
 def _data_dir(preset, shared_data):

@@ -49,6 +49,8 @@ def _preset_line(name: str, summary: str) -> str:
     if pretrained is None:
         return f"[untrained] {summary}"
     test = pretrained.test
+    if test is None:
+        return f"[trained, not yet evaluated] {summary}"
     return (f"[trained: test log p(x) {test['log_px']:.2f} ± {test['log_px_se']:.2f}, k={test['k']}] "
             f"{summary}")
 

@@ -146,7 +146,8 @@ class PretrainedSection:
     command: the command that made them; protocol: the protocol's name and the training
     actually run; train_seconds, machine, tfvae_version, created: when, where and with what.
     test: the test-split numbers (ELBO, log p(x) by importance sampling with standard
-    errors, KL, active units, k, examples). fingerprint: the mean single-draw ELBO
+    errors, KL, active units, k, examples); None while they are not yet measured
+    (`tfvae.zoo.record_test`). fingerprint: the mean single-draw ELBO
     (`tfvae.zoo.fingerprint`) of `examples` images of `split` drawn with `seed`, recorded at
     training time so that a change that alters the shipped model shows.
     """
@@ -155,7 +156,7 @@ class PretrainedSection:
     sha256: str
     command: str
     protocol: dict
-    test: dict
+    test: dict | None
     fingerprint: dict
     model: dict | None = None
     train_seconds: NonNegativeFloat | None = None
@@ -448,7 +449,7 @@ def file_sha256(path: str) -> str:
 
 
 def from_preset(name: str, weights: str | None = None, compile: bool = True, pretrained: bool = True,
-                **overrides) -> keras.Model:
+                training: Mapping | None = None, **overrides) -> keras.Model:
     """A zoo model, built (and compiled with its preset's optimizer, ready for `fit`).
 
     Args:
@@ -456,6 +457,9 @@ def from_preset(name: str, weights: str | None = None, compile: bool = True, pre
         written by `tfvae train` (its trained weights are loaded unless `weights` is given).
       weights: a `.weights.h5` file to load instead, e.g. to fine-tune a trained model.
       compile: compile with the preset's optimizer, learning rate and step settings.
+      training: settings of the preset's training section to change for that compile, e.g.
+        {"learning_rate": 1e-4} to fine-tune a trained model at a tenth of its rate (the
+        optimizer, its epsilon, XLA and steps per call stay the preset's).
       pretrained: load the preset's shipped trained weights (the default, when it ships them;
         their sha256 is checked first). False returns a freshly initialised model. A preset
         that ships none gives a fresh model and a warning unless pretrained=False.
@@ -463,6 +467,9 @@ def from_preset(name: str, weights: str | None = None, compile: bool = True, pre
         with trained weights they must leave the variables' shapes as they are.
     """
     preset = load_preset(name)
+    if training:
+        changed = validate(TrainingSection, training, f"from_preset({preset.name!r}): training", False)
+        preset = dataclasses.replace(preset, training=dataclasses.replace(preset.training, **changed))
     model_config = preset.model
     if weights is None and os.path.isdir(str(name)) and os.path.isfile(os.path.join(name, WEIGHTS_FILE)):
         weights = os.path.join(name, WEIGHTS_FILE)
