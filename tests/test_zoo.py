@@ -17,10 +17,17 @@ from tfvae.presets import load_preset
 from tfvae.training.run import load_eval_data
 from tfvae.zoo import fingerprint, fingerprint_batch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "train_zoo.py"
-_spec = importlib.util.spec_from_file_location("train_zoo_script", SCRIPT)
-train_zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_zoo)
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_zoo = _script("train_zoo")
 
 TINY = """\
 description: a tiny shapes VAE for the zoo tests
@@ -162,6 +169,24 @@ def test_fine_tuning_a_trained_preset_on_the_users_own_data(shipped, tmp_path):
     served = tf.saved_model.load(str(tmp_path / "served"))
     served_elbo = np.mean(served.elbo(tf.constant(new_data))["elbo"].numpy())
     assert served_elbo == pytest.approx(fingerprint(model, new_data, seed=0), abs=1e-3)
+
+
+def test_the_fine_tuning_comparison_starts_from_the_shipped_model(shipped, tmp_path):
+    """scripts/finetune.py: the trained start's first point is the shipped model as scored
+    directly; both curves are scored at every requested epoch count; the files are written."""
+    zoo, _, _ = shipped
+    out = tmp_path / "cmp"
+    result = _script("finetune").main([str(zoo / "tiny.yaml"), "--data", "shapes", "--epochs", "2,1",
+                                       "--train-examples", "100", "--examples", "40", "--k", "5", "--out", str(out)])
+    held_out = tfvae.data.load("shapes", split="test", batch_size=100, shuffle=False, seed=0, max_examples=40)
+    direct = tfvae.evaluate(tfvae.from_preset(str(zoo / "tiny.yaml"), compile=False), held_out, k=5, seed=0,
+                            verbose=False)
+    trained, scratch = result["trained_start"], result["from_scratch"]
+    assert trained["points"][0]["log_px"] == pytest.approx(direct["log_px"], abs=1e-3)
+    assert [p["epochs"] for p in trained["points"]] == [0, 1, 2] and [p["epochs"] for p in scratch["points"]] == [1, 2]
+    assert trained["learning_rate"] == pytest.approx(scratch["learning_rate"] / 10)
+    assert (out.with_suffix(".png")).stat().st_size > 0
+    assert (out.with_suffix(".md")).read_text().count("\n| ") == 4     # the rule and 3 rows
 
 
 def test_a_training_override_is_checked_like_the_preset(shipped):
