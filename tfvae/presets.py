@@ -127,10 +127,14 @@ class PaperSection:
     """The published protocol of a preset: where its number comes from (source), the
     published test NLL in nats (None if the paper gives none for this setting), and the
     overrides of the model, training and evaluation sections that reproduce its protocol
-    (e.g. more refinement steps or pseudo-inputs than the short CPU recipe affords)."""
+    (e.g. more refinement steps or pseudo-inputs than the short CPU recipe affords).
+    not_comparable: why test_nll, though published for this kind of model, does not measure
+    this preset's data and network (other binarization, more layers): the zoo table then
+    shows it with that reason and no difference."""
 
     source: str
     test_nll: float | None = None
+    not_comparable: str | None = None
     model: dict | None = None
     training: dict | None = None
     evaluation: dict | None = None

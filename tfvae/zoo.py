@@ -32,7 +32,7 @@ import yaml
 from tfvae.inference import evaluate
 from tfvae.inference.units import active_units
 from tfvae.io import atomic_path, atomic_write_text
-from tfvae.presets import (build_model, file_sha256, load_preset, load_weights, parse_preset,
+from tfvae.presets import (build_model, file_sha256, list_presets, load_preset, load_weights, parse_preset,
                            pretrained_weights_path)
 from tfvae.training.run import BEST_WEIGHTS_FILE, load_eval_data, started_with
 from tfvae.version import __version__
@@ -163,3 +163,52 @@ def write_pretrained_section(yaml_path: str, section: dict):
     name = os.path.basename(yaml_path).rsplit(".", 1)[0]
     parse_preset(yaml.safe_load(text), name, os.path.dirname(os.path.abspath(yaml_path)))
     atomic_write_text(yaml_path, text)
+
+
+TABLE_START, TABLE_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+
+
+def zoo_table() -> str:
+    """The zoo table of the README, from the presets' YAML files: per preset the protocol its
+    shipped weights were trained with, the epochs run (and the best, whose weights ship), the
+    training time, the test ELBO and log p(x) with standard errors (k importance samples on
+    `examples` test images), the published test NLL and our NLL minus it (positive: worse than
+    the paper). A published number that does not measure the preset's data and network
+    (`paper.not_comparable`) is shown with its reason below the table and no difference."""
+    rows = ["| preset | protocol | epochs (best) | training | test ELBO | test log p(x) | evaluation | "
+            "published NLL | ours - published |",
+            "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    notes = []
+    for name in list_presets():
+        preset = load_preset(name)
+        published = preset.paper.test_nll if preset.paper is not None else None
+        caveat = preset.paper.not_comparable if preset.paper is not None else None
+        paper = "–" if published is None else f"{published:.2f}"
+        if published is not None and caveat:
+            notes.append(f"{len(notes) + 1}. `{name}`: {caveat}.")
+            paper += f" (not comparable: note {len(notes)})"
+        trained = preset.pretrained
+        if trained is None:
+            rows.append(f"| `{name}` | not trained yet | | | | | | {paper} | |")
+            continue
+        run = trained.protocol
+        epochs = f"{run['epochs_run']:,} ({run['best_epoch']:,})"
+        hours = (trained.train_seconds or 0) / 3600
+        time = f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
+        test = trained.test
+        if test is None:
+            rows.append(f"| `{name}` | {run['name']} | {epochs} | {time} | not yet evaluated | | | {paper} | |")
+            continue
+        difference = "" if published is None or caveat else f"{-test['log_px'] - published:+.2f}"
+        rows.append(f"| `{name}` | {run['name']} | {epochs} | {time} | {test['elbo']:.2f} ± {test['elbo_se']:.2f} | "
+                    f"{test['log_px']:.2f} ± {test['log_px_se']:.2f} | k = {test['k']:,}, {test['examples']:,} "
+                    f"images | {paper} | {difference} |")
+    return "\n".join(rows + ([""] + notes if notes else [])) + "\n"
+
+
+def replace_zoo_table(text: str) -> str:
+    """`text` (the README) with the part between the zoo-table markers replaced by `zoo_table()`."""
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {TABLE_START} ... {TABLE_END} block to replace")
+    return text[:start + len(TABLE_START)] + "\n" + zoo_table() + text[end:]
