@@ -51,7 +51,7 @@ def parse_args():
 def run_entry(base, label, cls, arguments, seed, out_root, epochs=None) -> dict:
     """Trains one entry with one seed (unless its evaluation exists) and returns the evaluation."""
     from tfvae.training import train
-    from tfvae.training.run import evaluate_run
+    from tfvae.runs import evaluate_run
 
     run_dir = os.path.join(out_root, f"{label}_seed{seed}")
     report_path = os.path.join(run_dir, "evaluation.json")

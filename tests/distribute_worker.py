@@ -15,7 +15,7 @@ metrics). "<case>/reference" is the one-device run the distributed "<case>" must
 The one-device references. A deterministic model (VQ-VAE: a point-mass posterior, no noise)
 is fit on one device with the same global batches. A model that draws noise cannot draw
 the same numbers on 2 replicas as on one device (each replica folds its id into the step's
-seed, `tfvae.models.base.replica_seed`), so its reference is written out by hand here: one
+seed, `tfvae.replicas.replica_seed`), so its reference is written out by hand here: one
 device, each global batch cut into the replicas' halves, each half's gradient taken with
 the seed its replica uses, the mean of the halves' gradients applied by the same optimizer.
 It shares nothing with the distributed code path but the model's loss.
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfvae.models  # noqa: E402,F401  (registers the variants)
-from tfvae.models.base import as_seed  # noqa: E402
+from tfvae.seeds import as_seed  # noqa: E402
 from tfvae.models.factor_vae import discriminator_terms  # noqa: E402
 from tfvae.optimizers import FusedAdam  # noqa: E402
 from tfvae.registry import get_model_class  # noqa: E402

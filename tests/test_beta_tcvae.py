@@ -13,8 +13,8 @@ import tfvae
 import variant_helpers
 from tfvae.config import ConfigError
 from tfvae.models import VAE
-from tfvae.models.base import as_seed
 from tfvae.models.beta_tcvae import BetaTCVAE, minibatch_weighted_sampling
+from tfvae.seeds import as_seed
 
 tfd = tfp.distributions
 

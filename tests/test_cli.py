@@ -109,6 +109,19 @@ def test_user_errors_print_one_line_and_exit_2(argv, message, capsys, tmp_path, 
     assert os.listdir(tmp_path) == []          # no half-made run directory is left behind
 
 
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_debug_shows_the_traceback_above_the_one_line(how, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TFVAE_DEBUG", raising=False)
+    if how == "environment":
+        monkeypatch.setenv("TFVAE_DEBUG", "1")
+    argv = (["--debug"] if how == "flag" else []) + ["train", "vae_shapess"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "load_preset" in err
+    assert err.rstrip().splitlines()[-1].startswith("tfvae: error:") and "Did you mean 'vae_shapes'" in err
+
+
 def test_the_console_script_is_installed():
     result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "tfvae"), "list"],
                             capture_output=True, text=True, timeout=300)

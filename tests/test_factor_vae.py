@@ -15,9 +15,9 @@ import variant_helpers
 from tfvae import seeds
 from tfvae.config import ConfigError
 from tfvae.models import VAE
-from tfvae.models.base import as_seed
 from tfvae.models.factor_vae import (FactorVAE, discriminator_step, discriminator_terms, make_discriminator,
                                      make_discriminator_optimizer, permute_dims)
+from tfvae.seeds import as_seed
 
 SHAPE = (16,)
 TINY = dict(data_shape=SHAPE, latent_dim=3, encoder={"type": "mlp", "hidden": [8]}, discriminator_hidden=[16])

@@ -14,9 +14,9 @@ from tfvae.cli import main
 from tfvae.inference.gaps import format_gap_table, gap_report
 from tfvae.inference.optimize import optimize_posterior
 from tfvae.inference.points import laplace_log_likelihood, point_estimate
-from tfvae.inference.refine import refine_posterior
 from tfvae.inference.units import active_units
 from tfvae.models import VAE, LinearGaussian
+from tfvae.models.refine import refine_posterior
 
 tfd = tfp.distributions
 

@@ -13,10 +13,10 @@ from tfvae.distributions import moments
 from tfvae.export import export
 from tfvae.inference import importance_sampling, optimize_posterior, refine_posterior
 from tfvae.models import VAE
-from tfvae.models.base import as_seed
 from tfvae.models.hvae2 import HVAE2
 from tfvae.models.ladder import LadderVAE, precision_weighted_merge
 from tfvae.presets import build_model
+from tfvae.seeds import as_seed
 
 SHAPE = (6, 6, 1)
 TOL = dict(rtol=1e-5, atol=1e-4)

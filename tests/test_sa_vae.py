@@ -14,8 +14,8 @@ import tfvae.models.sa_vae  # noqa: F401  (registers "sa_vae")
 from tfvae.config import ConfigError
 from tfvae.export import export
 from tfvae.inference import importance_sampling
-from tfvae.inference.refine import refine_posterior
 from tfvae.models import VAE
+from tfvae.models.refine import refine_posterior
 from tfvae.models.sa_vae import SAVAE
 
 fold_in = tf.random.experimental.stateless_fold_in

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tfvae import data
-from tfvae.data import DataError, registry, shapes
+from tfvae.data import DataError, dsprites, registry, shapes
 from tfvae.metrics import factor_vae_score, grid_sample_fn, mig
 
 SIZES = (3, 6, 40, 32, 32)
@@ -260,7 +260,7 @@ def _fake_dsprites(directory, sizes=FAKE_SIZES, edit=None):
     }
     if edit:
         edit(arrays)
-    path = directory / registry.DSPRITES_FILE
+    path = directory / dsprites.DSPRITES_FILE
     np.savez_compressed(path, **arrays)
     return path, arrays
 
@@ -280,7 +280,7 @@ def test_dsprites_from_a_fake_file(tmp_path):
     np.testing.assert_array_equal(labels, latents[:, 1])
     # "test": a fixed seeded permutation of the rows (all of them: the file has fewer than 10000).
     test_x, test_labels = data.load_arrays("dsprites", "test", data_dir=tmp_path)
-    rows = np.random.default_rng(registry.DSPRITES_TEST[1]).permutation(n)
+    rows = np.random.default_rng(dsprites.DSPRITES_TEST[1]).permutation(n)
     np.testing.assert_array_equal(test_x[..., 0], imgs[rows])
     np.testing.assert_array_equal(test_labels, latents[rows, 1])
     batch = next(iter(data.load("dsprites", "test[:32]", data_dir=tmp_path, batch_size=32)))
@@ -339,7 +339,7 @@ def test_dsprites_inconsistent_files(tmp_path, edit, message):
 
 
 def test_dsprites_missing_truncated_or_not_an_npz(tmp_path):
-    with pytest.raises(DataError, match=f"missing file.*{registry.DSPRITES_FILE}"):
+    with pytest.raises(DataError, match=f"missing file.*{dsprites.DSPRITES_FILE}"):
         data.load_arrays("dsprites", "test", data_dir=tmp_path)
     with pytest.raises(DataError, match="download=False"):
         data.factor_source("dsprites", download=False)

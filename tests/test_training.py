@@ -145,7 +145,7 @@ def test_a_run_validates_on_its_validation_split_and_evaluates_on_its_eval_split
         assert json.load(f)["data_dir"] == os.path.abspath(shared_data)
     # ... where the commands on the run find the data without --data-dir (no download: the
     # cache is empty and the network unreachable).
-    from tfvae.training.run import evaluate_run
+    from tfvae.runs import evaluate_run
     assert evaluate_run(out, k=2, examples=20, disentanglement=False, verbose=False)["examples"] == 20
     assert len(default) == len(other) == 2
     for a, b, c in zip(default, named, other):

@@ -11,8 +11,9 @@ from PIL import Image
 
 from tfvae.models import HVAE2, VAE, MoGPriorVAE
 from tfvae.presets import CONFIG_FILE, WEIGHTS_FILE, build_model, load_preset
+from tfvae.runs import traverse_run
 from tfvae.traversal import (CELL_INCHES, GRID_DPI, SLIDER_PIXELS, image_shape, plan_traversal, rank_dims,
-                             save_traversal_grid, save_traversal_gifs, traverse, traverse_run)
+                             save_traversal_grid, save_traversal_gifs, traverse)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINEAR = {"type": "mlp", "hidden": []}      # encoder and decoder are single Dense layers

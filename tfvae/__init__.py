@@ -16,7 +16,8 @@ from tfvae import data
 from tfvae.presets import from_preset, list_presets, load_preset
 from tfvae.inference import evaluate, importance_sampling, log_likelihood
 from tfvae.export import export
-from tfvae.training import gaps, train
+from tfvae.training import train
+from tfvae.runs import gaps
 
 __all__ = ["__version__", "data", "evaluate", "export", "from_preset", "gaps", "get_model_class", "importance_sampling",
            "list_models", "list_presets", "load_preset", "log_likelihood", "models", "register", "train"]

@@ -1,7 +1,9 @@
 """The `tfvae` command: list | train | evaluate | gaps | export | sample | traverse | bench.
 
 Errors in what the user gave (unknown preset, bad config, missing data file) print one
-line, `tfvae: error: ...`, and exit with status 2, never a traceback.
+line, `tfvae: error: ...`, and exit with status 2, never a traceback. `tfvae --debug ...` (or
+TFVAE_DEBUG=1 in the environment) prints the traceback above that line: a ValueError can also
+be a bug's.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 
 import yaml
 
@@ -97,7 +100,7 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    from tfvae.training.run import evaluate_run
+    from tfvae.runs import evaluate_run
     out_path = args.out or os.path.join(args.run_dir, "evaluation.json")
     report = evaluate_run(args.run_dir, args.data_dir, k=args.k, examples=args.examples, split=args.split,
                           seed=args.seed, out_path=out_path, disentanglement=not args.no_disentanglement,
@@ -108,7 +111,7 @@ def cmd_evaluate(args):
 
 def cmd_gaps(args):
     from tfvae.inference.gaps import format_gap_table
-    from tfvae.training.run import GAPS_FILES, gaps
+    from tfvae.runs import GAPS_FILES, gaps
     options = {key: value for key, value in dict(
         steps=args.steps, eval_k=args.eval_k, learning_rate=args.learning_rate, samples=args.samples,
         refine_steps=args.refine_steps, batch_size=args.batch_size).items() if value is not None}
@@ -120,30 +123,17 @@ def cmd_gaps(args):
 
 
 def cmd_export(args):
-    from tfvae.export import export
-    from tfvae.training.run import load_run
-    _, model, _ = load_run(args.run_dir)
-    path = export(model, args.out, k=args.k, max_samples=args.max_samples)
-    print(f"SavedModel written to {path}")
+    from tfvae.runs import export_run
+    print(f"SavedModel written to {export_run(args.run_dir, args.out, k=args.k, max_samples=args.max_samples)}")
 
 
 def cmd_sample(args):
-    import numpy as np
-    from tfvae.training.images import save_image_grid
-    from tfvae.training.run import load_run
-    _, model, _ = load_run(args.run_dir)
-    condition = None
-    if model.condition_dim:
-        labels = np.arange(args.n) % model.condition_dim
-        condition = np.eye(model.condition_dim, dtype="float32")[labels]
-    images = model.sample(args.n, seed=args.seed, condition=condition).numpy()
-    out = args.out or os.path.join(args.run_dir, f"samples_seed{args.seed}.png")
-    save_image_grid({f"{args.n} samples, seed {args.seed}": images}, out, columns=min(args.n, 16))
-    print(f"Wrote {out}")
+    from tfvae.runs import sample_run
+    print(f"Wrote {sample_run(args.run_dir, args.n, args.seed, args.out)}")
 
 
 def cmd_traverse(args):
-    from tfvae.traversal import traverse_run
+    from tfvae.runs import traverse_run
     result = traverse_run(args.run_dir, out_dir=args.out, data_dir=args.data_dir, split=args.split,
                           examples=args.examples, dims=args.dims, num_steps=args.steps, span=args.span,
                           max_dims=args.max_dims, example=args.example, seed=args.seed, gifs=not args.no_gifs)
@@ -162,6 +152,8 @@ def _add_data_options(p):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfvae", description="Variational autoencoders on Keras 3 and TFP.")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error that is otherwise one line (also: TFVAE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("list", help="models, presets and data sets").set_defaults(func=cmd_list)
@@ -272,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get("TFVAE_DEBUG", "") not in ("", "0") or "--debug" in argv[:1]
+    if argv[:1] == ["--debug"]:
+        argv = argv[1:]
     if argv[:1] == ["bench"]:          # its own parser: `tfvae bench --help` lists its options
         _quiet_tensorflow()
         from tfvae.bench import main as bench_main
@@ -281,6 +276,8 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as e:
+        if debug:
+            traceback.print_exc()
         print(f"tfvae: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

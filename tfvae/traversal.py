@@ -52,9 +52,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae.distributions import moments
+from tfvae.images import tile
 from tfvae.inputs import check_batch, check_condition, check_count
 from tfvae.io import atomic_path
-from tfvae.models.base import as_seed
+from tfvae.seeds import as_seed
 
 DEFAULT_STEPS = 9
 DEFAULT_SPAN = 2.5
@@ -352,7 +353,6 @@ def _write_grid(plan: TraversalPlan, images: np.ndarray, path: str, title: str |
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from tfvae.training.images import tile
 
     rows, steps, h, w, c = images.shape
     mosaic = tile(images.reshape(rows * steps, h, w, c), steps)
@@ -449,35 +449,17 @@ def save_traversal_gifs(model, directory: str, x=None, dims=None, values=None, n
     return _write_gifs(plan, images, directory, duration_ms, min_size)
 
 
-# --------------------------------------------------------------------- run directories
-def traverse_run(run_dir: str, out_dir: str | None = None, data_dir: str | None = None, split: str | None = None,
-                 examples: int = 100, dims=None, num_steps: int | None = None, span: float | None = None,
-                 max_dims: int = DEFAULT_MAX_DIMS, example: int = 0, seed: int = 0, gifs: bool = True,
-                 duration_ms: int = 120) -> dict:
-    """Traversals of a run directory's model (what `tfvae traverse RUN_DIR` runs).
-
-    Draws `examples` examples of the evaluation split (or `split`) at random with `seed`,
-    binarized and labelled as the preset's data section says (as `tfvae evaluate` does),
-    ranks the latent dimensions on them, and traverses around the posterior mean of
-    example `example`. Writes `out_dir` (default RUN_DIR/traversals)/traversals.png and,
-    when `gifs`, z{d}.gif per dimension. Returns {"grid": path, "gifs": [paths],
-    "dims": [...], "kl": {d: KL_d}}.
-    """
-    from tfvae.training.run import load_eval_data, load_run
-
-    check_count("examples", examples)
-    preset, model, data_dir = load_run(run_dir, data_dir)
-    image_shape(model.data_shape)
-    batches = list(load_eval_data(preset, data_dir, examples=examples, batch_size=examples, split=split, seed=seed))
-    pairs = [model.unpack(batch) for batch in batches]
-    x = np.concatenate([np.asarray(xb) for xb, _ in pairs])
-    condition = None if pairs[0][1] is None else np.concatenate([np.asarray(c) for _, c in pairs])
-    if x.shape[1:] != tuple(model.data_shape) and np.prod(x.shape[1:]) == np.prod(model.data_shape):
-        x = x.reshape(-1, *model.data_shape)      # e.g. a flat (784,) model on 28x28x1 images
-    out_dir = out_dir or os.path.join(run_dir, "traversals")
+def save_traversals(model, x, out_dir: str, title: str, condition=None, dims=None, num_steps: int | None = None,
+                    span: float | None = None, max_dims: int = DEFAULT_MAX_DIMS, example: int = 0, seed: int = 0,
+                    gifs: bool = True, duration_ms: int = 120) -> dict:
+    """The traversals `tfvae traverse` writes for a model and examples x: ranks the latent
+    dimensions on x and traverses around the posterior mean of x[example]; writes
+    `out_dir`/traversals.png (titled `title`) and, when `gifs`, z{d}.gif per dimension (frames
+    at least GIF_MIN_SIZE pixels). Returns {"grid": path, "gifs": [paths], "dims": [...],
+    "kl": {d: KL_d}}."""
     plan, images = _images_for(model, x, dims, None, num_steps, span, condition, seed, example, max_dims)
     grid = _write_grid(plan, images, os.path.join(out_dir, "traversals.png"),
-                       f"{preset.name}: traversals from the {plan.base_source} ({preset.data.name})")
+                       f"{title}: traversals from the {plan.base_source}")
     gif_paths = _write_gifs(plan, images, out_dir, duration_ms, GIF_MIN_SIZE) if gifs else []
     return {"grid": grid, "gifs": gif_paths, "dims": list(plan.dims),
             "kl": {int(d): float(plan.ranking.kl[d]) for d in plan.dims}}

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import shapes
 from .amat import read_amat
+from .dsprites import DSPRITES_FILE, dsprites_split_rows, read_dsprites
 from .errors import DataError
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 
@@ -104,13 +105,10 @@ def _generated_spec(name: str, description: str) -> DatasetSpec:
         read=_generated_reader(name))
 
 
-DSPRITES_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
-DSPRITES_TEST = (10000, 5_000_003)  # size, seed of the test subset
 
 
 def _read_dsprites(split: str, paths: tuple[Path, ...]):
     """dSprites: every image for "train", the fixed seeded subset for "test"."""
-    from .factors import dsprites_split_rows, read_dsprites  # factors imports this module
     grid = read_dsprites(paths[0])
     rows = dsprites_split_rows(len(grid.imgs), split)
     images = grid.imgs if rows is None else grid.imgs[rows]

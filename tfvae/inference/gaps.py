@@ -35,10 +35,10 @@ from tfvae.inference.evaluate import mean_and_se
 from tfvae.inference.importance import importance_sampling
 from tfvae.inference.optimize import check_euclidean_latent, optimize_posterior
 from tfvae.inference.points import laplace_log_likelihood, point_estimate
-from tfvae.inference.refine import refine_posterior
 from tfvae.inference.units import active_units
 from tfvae.inputs import check_batch, check_condition, check_count
 from tfvae.io import atomic_write_text
+from tfvae.models.refine import refine_posterior
 
 IS_BATCH = 100          # examples per importance-sampling call
 

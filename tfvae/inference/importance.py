@@ -20,7 +20,7 @@ import weakref
 import tensorflow as tf
 
 from tfvae.inputs import check_batch, check_condition, check_count
-from tfvae.models.base import as_seed
+from tfvae.seeds import as_seed
 
 DEFAULT_SAMPLES_PER_CHUNK = 2**16   # z's decoded at once (chunk * batch); bounds memory
 

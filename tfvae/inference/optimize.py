@@ -29,7 +29,7 @@ from tfvae.inference.ascent import CHECK_STEP, AscentSettings, adam_ascent, comp
 from tfvae.distributions import moments
 from tfvae.inference.families import get_family
 from tfvae.inputs import check_batch, check_condition, check_count
-from tfvae.models.base import as_seed
+from tfvae.seeds import as_seed
 
 tfd = tfp.distributions
 

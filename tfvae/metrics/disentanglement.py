@@ -25,7 +25,7 @@ samples are drawn (with replacement) from the rows that share the fixed value, o
         2 x examples x batch_size for the beta-VAE score: 1,280,000 with its defaults), so it should work
         through a large n in chunks.
 
-`grid_sample_fn(factor_sizes)` builds ``sample_fn`` for a full factorial grid with independent uniform factors
+`tfvae.data.factors.grid_sample_fn(factor_sizes)` (also `tfvae.metrics.grid_sample_fn`) builds ``sample_fn`` for a full factorial grid with independent uniform factors
 (the dSprites / 3D Shapes design).
 
 All estimators are written here in numpy (no scikit-learn); the choices are stated in each docstring.
@@ -36,7 +36,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["beta_vae_score", "dci", "discretize", "entropy", "factor_vae_score", "grid_sample_fn", "mig",
+__all__ = ["beta_vae_score", "dci", "discretize", "entropy", "factor_vae_score", "mig",
            "mutual_information", "sap"]
 
 
@@ -392,26 +392,6 @@ def dci(factors, codes, *, test_fraction=0.5, ridge=1e-6, rng=0):
 
 
 # ------------------------------------------------------------------------------- samplers for fixed factors
-
-def grid_sample_fn(factor_sizes):
-    """A ``sample_fn(factor_index, value, n, rng) -> int [n, K]`` for a full factorial grid: factor k takes
-    values 0..factor_sizes[k]-1, all factors independent and uniform (as in dSprites). With
-    ``factor_index=None`` it draws unconditionally; otherwise column ``factor_index`` is set to ``value``."""
-    sizes = [_positive_int(s, "factor size", 2) for s in factor_sizes]
-    if not sizes:
-        raise ValueError("factor_sizes must be non-empty")
-
-    def sample_fn(factor_index, value, n, rng):
-        out = np.stack([rng.integers(0, s, size=n) for s in sizes], axis=1)
-        if factor_index is not None:
-            if not 0 <= factor_index < len(sizes):
-                raise ValueError(f"factor_index {factor_index} out of range for {len(sizes)} factors")
-            if not 0 <= value < sizes[factor_index]:
-                raise ValueError(f"value {value} out of range for factor {factor_index} of size {sizes[factor_index]}")
-            out[:, factor_index] = value
-        return out
-    return sample_fn
-
 
 class _PairSource:
     """Draws from a finite set of (factors, codes) pairs, with replacement; conditional draws use the rows whose

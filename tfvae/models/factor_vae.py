@@ -43,9 +43,11 @@ import tensorflow as tf
 
 from tfvae import seeds
 from tfvae.config import ALL_POSITIVE, Check, NonNegativeFloat, validate
-from tfvae.models.base import BaseVAE, apply_mean_gradients, as_seed
+from tfvae.models.base import BaseVAE
 from tfvae.optimizers import FusedAdam
 from tfvae.registry import register
+from tfvae.replicas import apply_mean_gradients
+from tfvae.seeds import as_seed
 
 # Kim & Mnih train D with Adam(beta_1=0.5, beta_2=0.9).
 DISCRIMINATOR_BETAS = (0.5, 0.9)

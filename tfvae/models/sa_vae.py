@@ -12,7 +12,7 @@ each step's gradient from one reparameterised draw (`refine_samples`), clipped t
     loss = -mean_x [ E_{q(z; lambda_K)} log p_theta(x|z) - kl_weight * KL(q(z; lambda_K) || p(z)) ],
 
 (one draw of z), and the steps are ordinary differentiable tensor code
-(`tfvae.inference.refine.refine_posterior(differentiable=True)`), so:
+(`tfvae.models.refine.refine_posterior(differentiable=True)`), so:
 
 * the encoder phi gets dL/dphi = (d lambda_0 / d phi)^T dL/d lambda_0, where dL/d lambda_0 is
   back-propagated through the K steps (their Hessian-vector products included) -- Kim et
@@ -55,7 +55,7 @@ import keras
 import tensorflow as tf
 
 from tfvae.config import NonNegativeInt, PositiveFloat, PositiveInt, validate
-from tfvae.inference.refine import Refinement, refine_posterior
+from tfvae.models.refine import Refinement, refine_posterior
 from tfvae.models.vae import VAE
 from tfvae.registry import register
 
@@ -105,7 +105,7 @@ class SAVAE(VAE):
     def refine(self, x, condition=None, seed=None, steps: int | None = None, training: bool = False,
                differentiable: bool = False, params=None) -> Refinement:
         """The encoder's posterior refined by this model's K steps (or `steps`); see
-        `tfvae.inference.refine.refine_posterior`. Not differentiable unless asked."""
+        `tfvae.models.refine.refine_posterior`. Not differentiable unless asked."""
         return refine_posterior(self, x, steps=self.refine_steps if steps is None else steps,
                                 learning_rate=self.refine_learning_rate, samples=self.refine_samples,
                                 max_grad_norm=self.max_grad_norm, condition=condition, seed=seed,

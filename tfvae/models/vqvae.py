@@ -73,8 +73,9 @@ import tensorflow_probability as tfp
 
 from tfvae import seeds
 from tfvae.config import Check, ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, validate
-from tfvae.models.base import BaseVAE, as_seed
+from tfvae.models.base import BaseVAE
 from tfvae.registry import register
+from tfvae.seeds import as_seed
 
 tfd = tfp.distributions
 

@@ -1,6 +1,6 @@
-"""Training: callbacks (KL warm-up, checkpoints, image grids) `train` (preset -> run dir) and
-`gaps` (the inference-gap report of a run)."""
+"""Training: callbacks (KL warm-up, checkpoints, image grids) and `train` (preset -> run
+directory). What reads a run directory back is `tfvae.runs`."""
 from tfvae.training.callbacks import Checkpoints, ImageGrid, KLWarmup, StopOnNonFinite, TrainingDiverged
-from tfvae.training.run import gaps, train
+from tfvae.training.run import train
 
-__all__ = ["Checkpoints", "ImageGrid", "KLWarmup", "StopOnNonFinite", "TrainingDiverged", "gaps", "train"]
+__all__ = ["Checkpoints", "ImageGrid", "KLWarmup", "StopOnNonFinite", "TrainingDiverged", "train"]

@@ -17,8 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfvae.images import save_image_grid
 from tfvae.io import atomic_path, atomic_write_text
-from tfvae.training.images import save_image_grid
 
 
 BURDA_STAGES = 8

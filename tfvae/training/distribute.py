@@ -19,7 +19,7 @@ l_i, while one device with the global batch would minimise
     L = (1/B) sum_i l_i = (1/N) sum_r L_r,     so   grad L = sum_r grad(L_r) / N.
 
 The optimizer's all-reduce computes the sum, so each replica hands it grad(L_r) / N
-(`tfvae.models.base.apply_mean_gradients`, through which every model's `train_step`
+(`tfvae.replicas.apply_mean_gradients`, through which every model's `train_step`
 updates; nothing changes on one replica). Then N replicas make the update one device makes
 with the global batch: the same weights, to float round-off, after any number of steps.
 What else keeps that true:
@@ -35,7 +35,7 @@ What else keeps that true:
     replicas' batch means, the same number when the replicas' batches are of equal size.
     Batch statistics (VQ-VAE's perplexity and codes_used) are the mean of the replicas'
     values, not the value of the global batch. (Keras 3.15 fails to reduce a step's
-    scalar logs over several workers; `tfvae.models.base.step_logs` gives them shape [1]
+    scalar logs over several workers; `tfvae.replicas.step_logs` gives them shape [1]
     there);
   * state updated inside the step is computed from all replicas: VQ-VAE's EMA codebook
     statistics are summed over replicas before its update, Gumbel-softmax's temperature is

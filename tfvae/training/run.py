@@ -13,6 +13,8 @@
       train_args.json      how the run was started (protocol, initial weights, data dir), for --resume
       resume_state.npz     the whole training state while the run trains (`tfvae.training.resume`);
                            removed when the run is complete
+
+`tfvae.runs` reads a run directory back (evaluate, gaps, traverse, export, sample).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from tfvae.registry import get_model_class
 from tfvae.inference.evaluate import evaluate
 from tfvae.io import atomic_write_text, remove_stale_temporaries
 from tfvae.presets import (CONFIG_FILE, DEFAULT_PRESET, WEIGHTS_FILE, EvaluationSection, Preset, TrainingSection,
-                           build_model, compile_model, from_preset, load_preset, load_weights)
+                           build_model, compile_model, load_preset, load_weights)
 from tfvae.training.callbacks import (DIVERGENCE_HINTS, Checkpoints, HistoryCSV, ImageGrid, KLWarmup,
                                       StopOnNonFinite, TrainingDiverged, learning_rate_schedule, read_history)
 from tfvae.training.distribute import make_strategy, prepare_dataset, supported_steps_per_execution
@@ -285,60 +287,3 @@ def started_with(run_dir: str) -> dict:
         return {}
     with open(path) as f:
         return json.load(f)
-
-
-def load_run(run_dir: str, data_dir: str | None = None):
-    """(preset, model, data_dir) of a run directory: its resolved config, its trained weights,
-    and `data_dir` or else the data directory the run was trained from (None: the download
-    cache), so the commands on a run find its data where it did."""
-    data_dir = data_dir if data_dir is not None else started_with(run_dir).get("data_dir")
-    return load_preset(run_dir), from_preset(run_dir, compile=False), data_dir
-
-
-def evaluate_run(run_dir: str, data_dir=None, k: int | None = None, examples: int | None = None,
-                 split: str | None = None, seed: int = 0, out_path: str | None = None,
-                 disentanglement: bool = True, factor_examples: int = 10000, verbose: bool = True) -> dict:
-    """What `tfvae evaluate RUN_DIR` runs: ELBO and importance-sampled log p(x) on the evaluation
-    split (`evaluate`), and, when the run's data set has known generative factors (`shapes`,
-    `shapes64`, `dsprites`) and `disentanglement`, the disentanglement metrics of the encoder
-    means on `factor_examples` fresh draws of its factors (`tfvae.metrics.report`) under the
-    key "disentanglement". Written as JSON to `out_path` (default RUN_DIR/evaluation.json)."""
-    from tfvae.metrics.report import disentanglement_report
-
-    preset, model, data_dir = load_run(run_dir, data_dir)
-    data = load_eval_data(preset, data_dir, examples=examples, split=split, seed=seed)
-    report = evaluate(model, data, k=k or preset.evaluation.k, seed=seed, verbose=verbose)
-    if disentanglement and datasets.info(preset.data.name).factor_names:
-        source = datasets.factor_source(preset.data.name, data_dir)
-        report["disentanglement"] = disentanglement_report(model, source, examples=factor_examples, seed=seed,
-                                                           verbose=verbose)
-    atomic_write_text(out_path or os.path.join(run_dir, "evaluation.json"), json.dumps(report, indent=2) + "\n")
-    return report
-
-
-GAPS_FILES = ("gaps.json", "gaps.png", "gaps.txt")
-
-
-def gaps(run_dir: str, examples: int = 100, k: int | None = None, families=("diag", "full", "flow"),
-         data_dir: str | None = None, split: str | None = None, seed: int = 0, out_dir: str | None = None,
-         verbose: bool = True, **options) -> dict:
-    """The gap report (`tfvae.inference.gaps.gap_report`) of a run directory's model on
-    `examples` evaluation examples drawn at random with `seed`; writes gaps.json, gaps.png
-    (the plot) and gaps.txt (the table) to `out_dir` (default: the run directory).
-
-    k: importance samples for log p(x) (default: the preset's evaluation k). `options` go
-    to `gap_report` (steps, eval_k, learning_rate, samples, refine_steps, points, ...).
-    """
-    from tfvae.inference.gaps import format_gap_table, gap_report, plot_gaps
-    preset, model, data_dir = load_run(run_dir, data_dir)
-    batches = list(load_eval_data(preset, data_dir, examples=examples, batch_size=examples, split=split, seed=seed))
-    pairs = [model.unpack(b) for b in batches]
-    x = np.concatenate([np.asarray(xb) for xb, _ in pairs])
-    condition = None if pairs[0][1] is None else np.concatenate([np.asarray(c) for _, c in pairs])
-    out_dir = out_dir or run_dir
-    json_path, png_path, text_path = (os.path.join(out_dir, name) for name in GAPS_FILES)
-    report = gap_report(model, x, condition, families=families, k=k or preset.evaluation.k, seed=seed,
-                        verbose=verbose, out_path=json_path, **options)
-    plot_gaps(report, png_path)
-    atomic_write_text(text_path, format_gap_table(report) + "\n")
-    return report
