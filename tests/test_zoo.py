@@ -113,6 +113,26 @@ def test_running_the_script_again_publishes_without_training_again(shipped, caps
     assert "test log p(x)" in capsys.readouterr().out
 
 
+def test_the_commands_on_a_run_take_a_trained_preset_too(shipped, tmp_path, monkeypatch, capsys):
+    """`tfvae evaluate PRESET` scores the shipped model (into ./PRESET/), as tfvae.evaluate does
+    on the same examples; a preset that ships no weights is one line of error."""
+    from tfvae.cli import main
+    zoo, _, _ = shipped
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(zoo / "tiny.yaml"), "--k", "3", "--examples", "20", "--no-disentanglement"]) == 0
+    written = yaml.safe_load((tmp_path / "tiny" / "evaluation.json").read_text())
+    preset = load_preset(str(zoo / "tiny.yaml"))
+    direct = tfvae.evaluate(tfvae.from_preset(str(zoo / "tiny.yaml"), compile=False),
+                            load_eval_data(preset, None, examples=20), k=3, seed=0, verbose=False)
+    assert written["log_px"] == pytest.approx(direct["log_px"], abs=1e-4) and written["examples"] == 20
+    assert main(["sample", str(zoo / "tiny.yaml"), "--n", "4"]) == 0
+    assert (tmp_path / "tiny" / "samples_seed0.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    (tmp_path / "untrained.yaml").write_text(TINY)
+    assert main(["evaluate", str(tmp_path / "untrained.yaml")]) == 2
+    assert "preset 'untrained' ships no trained weights" in capsys.readouterr().err
+
+
 def test_an_evaluation_cut_short_is_completed_by_test_only(shipped, tmp_path, capsys):
     """publish writes the weights and their section before the test evaluation; --test-only
     measures the shipped weights alone and records what the whole publish recorded."""

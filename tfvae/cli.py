@@ -100,8 +100,9 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    from tfvae.runs import evaluate_run
-    out_path = args.out or os.path.join(args.run_dir, "evaluation.json")
+    import tfvae
+    from tfvae.runs import evaluate_run, output_dir
+    out_path = args.out or os.path.join(output_dir(args.run_dir, tfvae.load_preset(args.run_dir)), "evaluation.json")
     report = evaluate_run(args.run_dir, args.data_dir, k=args.k, examples=args.examples, split=args.split,
                           seed=args.seed, out_path=out_path, disentanglement=not args.no_disentanglement,
                           factor_examples=args.factor_examples)
@@ -110,16 +111,18 @@ def cmd_evaluate(args):
 
 
 def cmd_gaps(args):
+    import tfvae
     from tfvae.inference.gaps import format_gap_table
-    from tfvae.runs import GAPS_FILES, gaps
+    from tfvae.runs import GAPS_FILES, gaps, output_dir
     options = {key: value for key, value in dict(
         steps=args.steps, eval_k=args.eval_k, learning_rate=args.learning_rate, samples=args.samples,
         refine_steps=args.refine_steps, batch_size=args.batch_size).items() if value is not None}
+    out = args.out or output_dir(args.run_dir, tfvae.load_preset(args.run_dir))
     report = gaps(args.run_dir, examples=args.examples, k=args.k, families=args.family or ("diag", "full", "flow"),
-                  data_dir=args.data_dir, split=args.split, seed=args.seed, out_dir=args.out,
+                  data_dir=args.data_dir, split=args.split, seed=args.seed, out_dir=out,
                   points=not args.no_points, **options)
     print(format_gap_table(report))
-    print("Wrote " + ", ".join(os.path.join(args.out or args.run_dir, name) for name in GAPS_FILES))
+    print("Wrote " + ", ".join(os.path.join(out, name) for name in GAPS_FILES))
 
 
 def cmd_export(args):
@@ -200,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="ELBO and importance-sampled log p(x) of a run, and the "
                                          "disentanglement metrics on a data set with known factors")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of tfvae train, or a trained zoo preset")
     p.add_argument("--k", type=int, help="importance samples per example (default: the preset's)")
     p.add_argument("--examples", type=int, help="examples drawn at random (default: the preset's)")
     _add_data_options(p)
@@ -208,11 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draws of the generative factors for MIG, SAP and DCI (data sets with factors; default 10000)")
     p.add_argument("--no-disentanglement", action="store_true",
                    help="skip the disentanglement metrics of a data set with known factors")
-    p.add_argument("--out", help="JSON report path (default: RUN_DIR/evaluation.json)")
+    p.add_argument("--out", help="JSON report path (default: RUN_DIR/evaluation.json; ./PRESET/ for a preset)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("gaps", help="how far the ELBO is from log p(x): approximation and amortization gaps")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of tfvae train, or a trained zoo preset")
     p.add_argument("--examples", type=int, default=100, help="evaluation examples drawn at random (default: 100)")
     p.add_argument("--k", type=int, help="importance samples for log p(x) (default: the preset's)")
     p.add_argument("--steps", type=int, help="step budget of each per-example optimisation (default: 2000)")
@@ -225,25 +228,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="examples optimised at once (default: 1000)")
     p.add_argument("--no-points", action="store_true", help="skip the ML and MAP point estimates")
     _add_data_options(p)
-    p.add_argument("--out", help="directory for gaps.json, gaps.png, gaps.txt (default: RUN_DIR)")
+    p.add_argument("--out", help="directory for gaps.json, gaps.png, gaps.txt (default: RUN_DIR; ./PRESET/ for a preset)")
     p.set_defaults(func=cmd_gaps)
 
     p = sub.add_parser("export", help="export a run as a SavedModel")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of tfvae train, or a trained zoo preset")
     p.add_argument("out")
     p.add_argument("--k", type=int, default=1000, help="importance samples of the log_likelihood endpoint")
     p.add_argument("--max-samples", type=int, default=10000, help="cap on n of the sample endpoint")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sample", help="a PNG grid of samples from a run's model")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of tfvae train, or a trained zoo preset")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="PNG path (default: RUN_DIR/samples_seed<SEED>.png)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("traverse", help="latent traversals of a run: a PNG grid and a GIF per latent dimension")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of tfvae train, or a trained zoo preset")
     p.add_argument("--examples", type=int, default=100,
                    help="evaluation examples that rank the dimensions by KL (default: 100)")
     p.add_argument("--example", type=int, default=0, help="the example whose posterior mean is the base code")

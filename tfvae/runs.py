@@ -3,7 +3,8 @@
 `tfvae train` writes a run directory (`tfvae.training.run`: config.yaml, the weights, the
 history, train_args.json with the data directory it read). Everything that reads one back
 goes through `load_run`, which finds the run's data where the run found it unless told
-otherwise, then:
+otherwise; each also takes the name of a zoo preset that ships trained weights (then it
+writes into ./<preset>/ by default):
 
 - `evaluate_run`: ELBO and log p(x) on the evaluation split, and disentanglement scores for
   a data set with known factors (`tfvae evaluate`);
@@ -36,9 +37,24 @@ GAPS_FILES = ("gaps.json", "gaps.png", "gaps.txt")
 def load_run(run_dir: str, data_dir: str | None = None):
     """(preset, model, data_dir) of a run directory: its resolved config, its trained weights,
     and `data_dir` or else the data directory the run was trained from (None: the download
-    cache), so the commands on a run find its data where it did."""
-    data_dir = data_dir if data_dir is not None else started_with(run_dir).get("data_dir")
-    return load_preset(run_dir), from_preset(run_dir, compile=False), data_dir
+    cache), so the commands on a run find its data where it did. `run_dir` may also name a
+    zoo preset that ships trained weights (or its YAML file): its shipped model, sha256-checked."""
+    if os.path.isdir(run_dir):
+        data_dir = data_dir if data_dir is not None else started_with(run_dir).get("data_dir")
+        return load_preset(run_dir), from_preset(run_dir, compile=False), data_dir
+    preset = load_preset(run_dir)
+    if preset.pretrained is None:
+        raise ValueError(f"{run_dir} is not a run directory, and preset {preset.name!r} ships no trained weights "
+                         f"to evaluate: train it first (tfvae train {preset.name})")
+    return preset, from_preset(run_dir, compile=False), data_dir
+
+
+def output_dir(run_dir: str, preset) -> str:
+    """Where a command writes by default: the run directory, or for a shipped preset a
+    directory named after it in the current directory (created)."""
+    out = run_dir if os.path.isdir(run_dir) else preset.name
+    os.makedirs(out, exist_ok=True)
+    return out
 
 
 def evaluation_examples(preset, model, data_dir, examples: int, split: str | None = None, seed: int = 0):
@@ -69,7 +85,8 @@ def evaluate_run(run_dir: str, data_dir=None, k: int | None = None, examples: in
         source = datasets.factor_source(preset.data.name, data_dir)
         report["disentanglement"] = disentanglement_report(model, source, examples=factor_examples, seed=seed,
                                                            verbose=verbose)
-    atomic_write_text(out_path or os.path.join(run_dir, "evaluation.json"), json.dumps(report, indent=2) + "\n")
+    out_path = out_path or os.path.join(output_dir(run_dir, preset), "evaluation.json")
+    atomic_write_text(out_path, json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -85,7 +102,8 @@ def gaps(run_dir: str, examples: int = 100, k: int | None = None, families=("dia
     """
     preset, model, data_dir = load_run(run_dir, data_dir)
     x, condition = evaluation_examples(preset, model, data_dir, examples, split, seed)
-    out_dir = out_dir or run_dir
+    out_dir = out_dir or output_dir(run_dir, preset)
+    os.makedirs(out_dir, exist_ok=True)
     json_path, png_path, text_path = (os.path.join(out_dir, name) for name in GAPS_FILES)
     report = gap_report(model, x, condition, families=families, k=k or preset.evaluation.k, seed=seed,
                         verbose=verbose, out_path=json_path, **options)
@@ -106,7 +124,7 @@ def traverse_run(run_dir: str, out_dir: str | None = None, data_dir: str | None 
     preset, model, data_dir = load_run(run_dir, data_dir)
     image_shape(model.data_shape)
     x, condition = evaluation_examples(preset, model, data_dir, examples, split, seed)
-    return save_traversals(model, x, out_dir or os.path.join(run_dir, "traversals"),
+    return save_traversals(model, x, out_dir or os.path.join(output_dir(run_dir, preset), "traversals"),
                            f"{preset.name} ({preset.data.name})", condition=condition, dims=dims,
                            num_steps=num_steps, span=span, max_dims=max_dims, example=example, seed=seed,
                            gifs=gifs, duration_ms=duration_ms)
@@ -120,12 +138,12 @@ def export_run(run_dir: str, out: str, k: int = 1000, max_samples: int = 10000) 
 def sample_run(run_dir: str, n: int = 64, seed: int = 0, out: str | None = None) -> str:
     """A grid of n prior samples of a run directory's model (for a conditional model, the
     classes in turn) written as a PNG to `out` (default RUN_DIR/samples_seed<seed>.png)."""
-    model = load_run(run_dir)[1]
+    preset, model, _ = load_run(run_dir)
     condition = None
     if model.condition_dim:
         labels = np.arange(n) % model.condition_dim
         condition = np.eye(model.condition_dim, dtype="float32")[labels]
     images = model.sample(n, seed=seed, condition=condition).numpy()
-    out = out or os.path.join(run_dir, f"samples_seed{seed}.png")
+    out = out or os.path.join(output_dir(run_dir, preset), f"samples_seed{seed}.png")
     save_image_grid({f"{n} samples, seed {seed}": images}, out, columns=min(n, 16))
     return out
