@@ -183,7 +183,7 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     history_path = os.path.join(out, "history.csv")
     epoch, step = (state[0]["epoch"], state[0]["step"]) if state else (0, 0)
     checkpoints = Checkpoints(os.path.join(out, WEIGHTS_FILE), os.path.join(out, BEST_WEIGHTS_FILE),
-                              every_seconds=t.checkpoint_seconds)
+                              every_seconds=t.checkpoint_seconds, start_from_epoch=t.kl_warmup_epochs)
     run_callbacks = [StopOnNonFinite(os.path.join(out, WEIGHTS_FILE)), checkpoints,
                      HistoryCSV(history_path, read_history(history_path, epoch) if state else ()),
                      ImageGrid(grid_x, os.path.join(out, "images"), grid_condition, every=t.image_every, seed=t.seed)]
@@ -195,7 +195,8 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     early_stopping = None
     if t.early_stopping_patience:
         early_stopping = keras.callbacks.EarlyStopping(patience=t.early_stopping_patience,
-                                                       min_delta=t.early_stopping_min_delta, restore_best_weights=True)
+                                                       min_delta=t.early_stopping_min_delta, restore_best_weights=True,
+                                                       start_from_epoch=t.kl_warmup_epochs)
         run_callbacks.append(early_stopping)
     resume_state = ResumeState(state_path, t.checkpoint_seconds, checkpoints, early_stopping, state)
     run_callbacks += [*(callbacks or []), resume_state]
