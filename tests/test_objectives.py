@@ -29,12 +29,8 @@ X = structured_data(8, seed=1)
 
 def loss_and_gradients(model, x, seed=None):
     """(loss, gradients over model.trainable_variables) of one training step's estimator."""
-    if hasattr(model, "group_gradients"):
-        loss, _, grads = model.group_gradients(x, seed=seed, training=True)
-        return loss.numpy(), [g.numpy() for g in grads]
-    with tf.GradientTape() as tape:
-        loss = model.objective(x, training=True)
-    return loss.numpy(), [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+    result, grads = model.gradients(x, seed=seed, training=True)
+    return result.value.numpy(), [g.numpy() for g in grads]
 
 
 def assert_same_step(a, b, x, exact=True, seed_a=None, seed_b=None):
@@ -249,7 +245,7 @@ def test_bound_increases_with_k(trained):
 
 def gradient_draws(model, x, seeds):
     """Per-seed gradients, one [seeds, size] array per trainable variable."""
-    step = tf.function(lambda seed: model.group_gradients(x, seed=seed)[2])
+    step = tf.function(lambda seed: model.gradients(x, seed=seed)[1])
     draws = [[g.numpy().ravel() for g in step(tf.constant([s, 11]))] for s in range(seeds)]
     return [np.stack(column) for column in zip(*draws)]
 

@@ -6,8 +6,9 @@ A model defines a prior p(z), a decoder p(x|z) and an amortized posterior q(z|x)
 
 `BaseVAE` builds the networks from config, returns TFP distributions from `prior`,
 `encode` and `decode`, computes the ELBO's terms, and trains with Keras `fit` through
-`train_step`/`test_step`. A variant overrides what differs: usually `objective_and_terms`
-(the loss it trains on), sometimes `prior` or the posterior family.
+`train_step`/`test_step`. A variant overrides what differs: its one training hook is `loss`
+(returning a `TrainingLoss`), with `training_scope` / `after_train_step` for a schedule or a
+second update; sometimes `prior` or the posterior family.
 
 Conventions: every log-density is in nats per example, summed over data dimensions;
 losses are means over the batch of per-example values; beta-like weights multiply the
@@ -23,6 +24,7 @@ global batch (`tfvae.training.distribute` has the details). On one replica it ad
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Literal
@@ -45,6 +47,27 @@ from tfvae.seeds import as_seed
 tfd = tfp.distributions
 
 METRIC_NAMES = ("loss", "elbo", "log_px_z", "kl")
+
+
+@dataclasses.dataclass
+class TrainingLoss:
+    """What a variant trains on (`BaseVAE.loss`, its one hook).
+
+    value: the scalar loss, a mean over the batch: logged as "loss", and its gradient trains
+      every variable unless surrogates are given.
+    terms: per-example tensors [B]: `elbo`, `log_px_z`, `kl`, and the variant's own (every
+      name in its `extra_metrics` is logged from here).
+    inference, generative: optional surrogate losses whose gradients train the encoder's
+      variables and all the others respectively, for estimators that treat the two groups
+      differently (IWAE's DReG, PIWAE, SA-VAE). None: `value`.
+    aux: tensors `after_train_step` needs (e.g. the z a discriminator learns from).
+    """
+
+    value: tf.Tensor
+    terms: dict
+    inference: tf.Tensor | None = None
+    generative: tf.Tensor | None = None
+    aux: dict = dataclasses.field(default_factory=dict)
 
 
 DATA_BATCH = "a batch of the data set"     # names the checks `BaseVAE.checked_data` maps into a pipeline
@@ -91,6 +114,8 @@ class BaseVAE(keras.Model):
     """
 
     posterior_family = DiagonalGaussianPosterior
+    # Names of the per-example terms of `loss` that fit logs besides loss, elbo, log_px_z, kl.
+    extra_metrics: tuple[str, ...] = ()
     # z ranges over R^latent_dim and p(z) has a density there, so the per-example Gaussian and
     # flow posteriors and the point estimates of `tfvae.inference` apply. False for latents on a
     # sphere (svae), a simplex (gumbel_vae) or a codebook (vqvae).
@@ -131,7 +156,7 @@ class BaseVAE(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(args["seed"], name="sampling_seed")
         # Multiplies the KL term of the training objective; the KL warm-up callback ramps it 0 -> 1.
         self.kl_weight = self.add_weight(shape=(), initializer="ones", trainable=False, name="kl_weight")
-        self.trackers = {n: keras.metrics.Mean(name=n) for n in METRIC_NAMES}
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in (*METRIC_NAMES, *self.extra_metrics)}
         self.build()
 
     # ----------------------------------------------------------------- network sizes
@@ -285,16 +310,27 @@ class BaseVAE(keras.Model):
         return {"log_w": log_px_z + log_pz - log_qz, "log_px_z": log_px_z, "log_pz": log_pz,
                 "log_qz": log_qz, "posterior": q}
 
-    def objective_and_terms(self, x, condition=None, training=False):
-        """(scalar loss, per-example ELBO terms). The VAE loss is the negative ELBO with the
-        KL weighted by `kl_weight` (1 after warm-up), averaged over the batch."""
-        terms = self.elbo_terms(x, 1, condition, training=training)
-        weight = tf.cast(self.kl_weight, tf.float32)
-        return -tf.reduce_mean(terms["log_px_z"] - weight * terms["kl"]), terms
+    def loss(self, x, condition=None, training=False, seed=None) -> "TrainingLoss":
+        """The one hook of a variant: what it trains on, for a batch x [B, ...].
 
-    def objective(self, x, condition=None, training=False):
-        """The scalar loss this variant trains on."""
-        return self.objective_and_terms(x, condition, training)[0]
+        Returns a `TrainingLoss`: the scalar loss (a mean over the batch), the per-example
+        terms (at least `elbo`, `log_px_z`, `kl`, and every name in `extra_metrics`), and,
+        for an estimator that treats the encoder and the other variables differently, one
+        surrogate per group. The VAE's loss is the negative ELBO with the KL weighted by
+        `kl_weight` (1 after warm-up), from one z ~ q(z|x) per example (`seed`: a stateless
+        seed [2]; None draws from the model's stream)."""
+        terms = self.elbo_terms(x, 1, condition, seed=seed, training=training)
+        weight = tf.cast(self.kl_weight, tf.float32)
+        return TrainingLoss(-tf.reduce_mean(terms["log_px_z"] - weight * terms["kl"]), terms)
+
+    def objective_and_terms(self, x, condition=None, training=False, seed=None):
+        """(scalar loss, per-example terms) of `loss`."""
+        result = self.loss(x, condition, training=training, seed=seed)
+        return result.value, result.terms
+
+    def objective(self, x, condition=None, training=False, seed=None):
+        """The scalar loss this variant trains on (of `loss`)."""
+        return self.loss(x, condition, training=training, seed=seed).value
 
     # ----------------------------------------------------------------- fit
     def unpack(self, data):
@@ -310,18 +346,22 @@ class BaseVAE(keras.Model):
                              f"its data must yield (x, condition) pairs, e.g. labels=True")
         return data, None
 
-    def _record(self, loss, terms):
+    def _record(self, loss, terms, updates=None):
+        """Updates the trackers (loss; elbo, log_px_z, kl and `extra_metrics` from `terms`, or
+        from `updates` where it has them) and returns the step's logs."""
+        updates = updates or {}
         self.trackers["loss"].update_state(loss)
-        for name in ("elbo", "log_px_z", "kl"):
-            self.trackers[name].update_state(terms[name])
+        for name in ("elbo", "log_px_z", "kl", *self.extra_metrics):
+            self.trackers[name].update_state(updates[name] if name in updates else terms[name])
         return step_logs({name: tracker.result() for name, tracker in self.trackers.items()})
 
-    def split_gradients(self, tape, encoder_loss, generative_loss):
-        """Gradients aligned with `trainable_variables`: the encoder's variables take the
-        gradient of `encoder_loss`, every other variable that of `generative_loss` (one
-        backward pass when both are the same tensor; else the tape must be persistent). For
-        estimators that treat the two networks differently (DReG, PIWAE, SA-VAE)."""
-        variables = self.trainable_variables
+    def split_gradients(self, tape, encoder_loss, generative_loss, variables=None):
+        """Gradients aligned with `variables` (default `trainable_variables`): the encoder's
+        variables take the gradient of `encoder_loss`, every other variable that of
+        `generative_loss` (one backward pass when both are the same tensor; else the tape must
+        be persistent). For estimators that treat the two networks differently (DReG, PIWAE,
+        SA-VAE)."""
+        variables = self.trainable_variables if variables is None else variables
         if encoder_loss is generative_loss:
             return tape.gradient(encoder_loss, variables)
         encoder = {id(v) for v in self.encoder_net.trainable_variables}
@@ -336,14 +376,43 @@ class BaseVAE(keras.Model):
         variant whose step trains some of them with a second optimizer narrows the list."""
         return self.trainable_variables
 
+    def gradients(self, x, condition=None, training=True, seed=None):
+        """(result of `loss`, gradients aligned with `optimized_variables`): each variable's
+        gradient is that of its group's surrogate (the loss itself unless the variant gives
+        surrogates), plus that of any layer losses (regularizers)."""
+        variables = self.optimized_variables
+        with tf.GradientTape(persistent=True) as tape:
+            result = self.loss(x, condition, training=training, seed=seed)
+            inference = result.value if result.inference is None else result.inference
+            generative = result.value if result.generative is None else result.generative
+            if self.losses:
+                extra = tf.add_n(self.losses)
+                shared = inference is generative
+                inference = inference + extra
+                generative = inference if shared else generative + extra
+        gradients = self.split_gradients(tape, inference, generative, variables)
+        del tape
+        return result, gradients
+
+    def training_scope(self):
+        """A context manager entered around every training step, inside the compiled step: a
+        variant updates a schedule on entry (e.g. the Gumbel-softmax temperature) or holds a
+        mode while its loss is built (relaxed latents). Nothing by default."""
+        return contextlib.nullcontext()
+
+    def after_train_step(self, result) -> dict:
+        """Called after the update, inside the compiled step, with the step's `loss` result:
+        a variant's second update (a discriminator's optimizer step, an EMA codebook) goes
+        here. Returns metric values to record instead of those in `result.terms`."""
+        return {}
+
     def train_step(self, data):
         x, condition = self.unpack(data)
-        with tf.GradientTape() as tape:
-            loss, terms = self.objective_and_terms(x, condition, training=True)
-            total = loss + tf.add_n(self.losses) if self.losses else loss
-        gradients = tape.gradient(total, self.trainable_variables)
-        self.apply_gradients(gradients, self.trainable_variables)
-        return self._record(loss, terms)
+        with self.training_scope():
+            result, gradients = self.gradients(x, condition, training=True)
+            self.apply_gradients(gradients, self.optimized_variables)
+            updates = self.after_train_step(result)
+        return self._record(result.value, result.terms, updates)
 
     def apply_gradients(self, gradients, variables, optimizer=None):
         """One update of `variables` by `optimizer` (default: the compiled one) from their
@@ -354,8 +423,8 @@ class BaseVAE(keras.Model):
 
     def test_step(self, data):
         x, condition = self.unpack(data)
-        loss, terms = self.objective_and_terms(x, condition, training=False)
-        return self._record(loss, terms)
+        result = self.loss(x, condition, training=False)
+        return self._record(result.value, result.terms)
 
     # ----------------------------------------------------------------- fit, checked
     def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):

@@ -47,12 +47,11 @@ from __future__ import annotations
 
 import math
 
-import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.config import NonNegativeFloat, PositiveInt, validate
-from tfvae.models.base import BaseVAE
+from tfvae.models.base import BaseVAE, TrainingLoss
 from tfvae.registry import register
 
 tfd = tfp.distributions
@@ -93,6 +92,8 @@ class BetaTCVAE(BaseVAE):
       Other args as `BaseVAE`.
     """
 
+    extra_metrics = DECOMPOSITION
+
     def __init__(self, alpha: NonNegativeFloat = 1.0, beta: NonNegativeFloat = 6.0, gamma: NonNegativeFloat = 1.0,
                  dataset_size: PositiveInt = 50_000, **base):
         args = validate(BetaTCVAE, dict(alpha=alpha, beta=beta, gamma=gamma, dataset_size=dataset_size),
@@ -100,11 +101,6 @@ class BetaTCVAE(BaseVAE):
         super().__init__(**base)
         self.alpha, self.beta, self.gamma = args["alpha"], args["beta"], args["gamma"]
         self.dataset_size = args["dataset_size"]
-
-    def build_variant(self):
-        """The three KL parts as extra training metrics."""
-        for name in DECOMPOSITION:
-            self.trackers[name] = keras.metrics.Mean(name=name)
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma,
@@ -117,29 +113,18 @@ class BetaTCVAE(BaseVAE):
         log_pz = self.prior().log_prob(z)
         return {"mi": log_qz - log_q_agg, "tc": log_q_agg - log_prod_q, "dimwise_kl": log_prod_q - log_pz}
 
-    def objective_and_terms(self, x, condition=None, training=False, seed=None, posterior=None):
-        """(scalar loss, per-example terms) from one z ~ q per example.
-
-        terms: the ELBO terms of that draw (`log_px_z`, `kl`, `elbo`, as `elbo_terms(x, 1,
-        seed=seed)`) and the KL parts `mi`, `tc`, `dimwise_kl`.
-        """
-        q, z, log_qz, log_px_z = self._sample_posterior(x, 1, condition, seed, posterior, training)
+    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+        """The beta-TCVAE loss from one z ~ q per example; terms: the ELBO terms of that draw
+        (`log_px_z`, `kl`, `elbo`, as `elbo_terms(x, 1, seed=seed)`) and the KL parts `mi`,
+        `tc`, `dimwise_kl`."""
+        q, z, log_qz, log_px_z = self._sample_posterior(x, 1, condition, seed, None, training)
         kl = self.kl_term(q, z, log_qz)
         log_px_z = tf.reduce_mean(log_px_z, axis=0)
         parts = self.kl_decomposition(q, z[0], log_qz[0])
         penalty = self.alpha * parts["mi"] + self.beta * parts["tc"] + self.gamma * parts["dimwise_kl"]
         weight = tf.cast(self.kl_weight, tf.float32)
-        loss = -tf.reduce_mean(log_px_z - weight * penalty)
-        return loss, {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl, **parts}
-
-    def objective(self, x, condition=None, training=False, seed=None):
-        """The scalar loss (see `objective_and_terms`)."""
-        return self.objective_and_terms(x, condition, training, seed)[0]
-
-    def _record(self, loss, terms):
-        for name in DECOMPOSITION:
-            self.trackers[name].update_state(terms[name])
-        return super()._record(loss, terms)
+        return TrainingLoss(-tf.reduce_mean(log_px_z - weight * penalty),
+                            {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl, **parts})
 
 
 __all__ = ["BetaTCVAE", "minibatch_weighted_sampling"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfvae.config import NonNegativeFloat, PositiveInt, validate
-from tfvae.models.base import BaseVAE
+from tfvae.models.base import BaseVAE, TrainingLoss
 from tfvae.registry import register
 
 
@@ -56,14 +56,14 @@ class BetaVAE(BaseVAE):
         step = tf.cast(optimizer.iterations, tf.float32)
         return self.capacity * tf.minimum(1.0, step / float(self.capacity_steps))
 
-    def objective_and_terms(self, x, condition=None, training=False, seed=None):
-        """(scalar loss, per-example ELBO terms from one z ~ q per example)."""
+    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+        """The beta or capacity loss, with the ELBO terms of one z ~ q per example."""
         terms = self.elbo_terms(x, 1, condition, seed=seed, training=training)
         weight = tf.cast(self.kl_weight, tf.float32)
         if self.capacity is None:
-            return -tf.reduce_mean(terms["log_px_z"] - (weight * self.beta) * terms["kl"]), terms
+            return TrainingLoss(-tf.reduce_mean(terms["log_px_z"] - (weight * self.beta) * terms["kl"]), terms)
         deviation = tf.abs(tf.reduce_mean(terms["kl"]) - self.current_capacity())
-        return -tf.reduce_mean(terms["log_px_z"]) + weight * self.gamma * deviation, terms
+        return TrainingLoss(-tf.reduce_mean(terms["log_px_z"]) + weight * self.gamma * deviation, terms)
 
 
 __all__ = ["BetaVAE"]

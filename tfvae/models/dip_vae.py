@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from tfvae.config import NonNegativeFloat, validate
 from tfvae.distributions import moments
-from tfvae.models.base import BaseVAE
+from tfvae.models.base import BaseVAE, TrainingLoss
 from tfvae.registry import register
 
 
@@ -96,13 +96,12 @@ class DIPVAE(BaseVAE):
         mu, sigma = moments(q)
         return dip_penalty(mu, sigma, self.dip_type, self.lambda_od, self.lambda_d)
 
-    def objective_and_terms(self, x, condition=None, training=False, seed=None):
-        """(scalar loss, per-example ELBO terms from one z ~ q per example)."""
+    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+        """The VAE's loss plus the DIP penalty, with the ELBO terms of one z ~ q per example."""
         q = self.encode(x, condition, training=training)
         terms = self.elbo_terms(x, 1, condition, seed=seed, posterior=q, training=training)
         weight = tf.cast(self.kl_weight, tf.float32)
-        loss = -tf.reduce_mean(terms["log_px_z"] - weight * terms["kl"])
-        return loss + self.penalty(q), terms
+        return TrainingLoss(-tf.reduce_mean(terms["log_px_z"] - weight * terms["kl"]) + self.penalty(q), terms)
 
 
 __all__ = ["DIPVAE", "batch_covariance", "dip_covariance", "dip_penalty"]

@@ -43,7 +43,7 @@ import tensorflow as tf
 
 from tfvae import seeds
 from tfvae.config import ALL_POSITIVE, Check, NonNegativeFloat, validate
-from tfvae.models.base import BaseVAE
+from tfvae.models.base import BaseVAE, TrainingLoss
 from tfvae.optimizers import FusedAdam
 from tfvae.registry import register
 from tfvae.replicas import apply_mean_gradients
@@ -135,6 +135,8 @@ class FactorVAE(BaseVAE):
       Other args as `BaseVAE`.
     """
 
+    extra_metrics = DISCRIMINATOR_METRICS
+
     def __init__(self, gamma: NonNegativeFloat = 35.0, discriminator_hidden: HiddenSizes = (256, 256),
                  discriminator_learning_rate: NonNegativeFloat = 1e-4, **base):
         args = validate(FactorVAE, dict(gamma=gamma, discriminator_hidden=discriminator_hidden,
@@ -151,8 +153,6 @@ class FactorVAE(BaseVAE):
         self.discriminator = make_discriminator(self.latent_dim, self._discriminator_hidden)
         self.discriminator_optimizer = make_discriminator_optimizer(self.discriminator_learning_rate)
         self.discriminator_optimizer.build(self.discriminator.trainable_variables)
-        for name in DISCRIMINATOR_METRICS:
-            self.trackers[name] = keras.metrics.Mean(name=name)
 
     def get_config(self):
         return {**super().get_config(), "gamma": self.gamma,
@@ -169,59 +169,32 @@ class FactorVAE(BaseVAE):
         """D's logits s(z) = log D(z) / (1 - D(z)) ~= log q(z) - log prod_j q(z_j), [B] for z [B, L]."""
         return tf.squeeze(self.discriminator(tf.cast(z, tf.float32)), -1)
 
-    def loss_terms_and_z(self, x, condition=None, training=False, seed=None, posterior=None):
-        """(scalar loss, per-example terms, z [B, L]) from one z ~ q(z|x) per example.
+    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+        """The VAE loss plus gamma times the TC estimate, from one z ~ q(z|x) per example.
 
-        terms: `log_px_z`, `kl`, `elbo` (as `elbo_terms(x, 1, seed=seed)`) and `tc` = s(z_b), [B].
-        """
-        q, z, log_qz, log_px_z = self._sample_posterior(x, 1, condition, seed, posterior, training)
+        terms: `log_px_z`, `kl`, `elbo` (as `elbo_terms(x, 1, seed=seed)`), `tc` = s(z_b), [B],
+        and outside training D's `disc_loss` and `disc_accuracy` on the batch (in training
+        they come from D's update, `after_train_step`). The permutation of z~ is seeded by
+        `seed` folded with 1: one draw of the sampling stream per step, as the VAE's step, so
+        a twin VAE sees the same z."""
+        seed = self._seed(seed)
+        q, z, log_qz, log_px_z = self._sample_posterior(x, 1, condition, seed, None, training)
         kl = self.kl_term(q, z, log_qz)
         log_px_z = tf.reduce_mean(log_px_z, axis=0)
         z = z[0]
         tc = self.tc_logits(z)
         weight = tf.cast(self.kl_weight, tf.float32)
         loss = -tf.reduce_mean(log_px_z - weight * kl) + self.gamma * tf.reduce_mean(tc)
-        return loss, {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl, "tc": tc}, z
+        terms = {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl, "tc": tc}
+        permutation_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+        if not training:
+            terms.update(discriminator_terms(self.discriminator, z, permutation_seed))
+        return TrainingLoss(loss, terms, aux={"z": z, "permutation_seed": permutation_seed})
 
-    def objective_and_terms(self, x, condition=None, training=False, seed=None, posterior=None):
-        """(scalar VAE loss, per-example terms); see `loss_terms_and_z`."""
-        loss, terms, _ = self.loss_terms_and_z(x, condition, training, seed, posterior)
-        return loss, terms
-
-    def objective(self, x, condition=None, training=False, seed=None):
-        """The scalar VAE loss (see `objective_and_terms`)."""
-        return self.objective_and_terms(x, condition, training, seed)[0]
-
-    # ----------------------------------------------------------------- fit
-    def _seeds(self):
-        """(seed of z ~ q, seed of the permutation): one draw of the sampling stream per step,
-        as the VAE's step, so a twin VAE sees the same z."""
-        seed = self._seed(None)
-        return seed, tf.random.experimental.stateless_fold_in(seed, 1)
-
-    def train_step(self, data):
-        x, condition = self.unpack(data)
-        z_seed, permutation_seed = self._seeds()
-        variables = self.optimized_variables
-        with tf.GradientTape() as tape:
-            loss, terms, z = self.loss_terms_and_z(x, condition, training=True, seed=z_seed)
-            total = loss + tf.add_n(self.losses) if self.losses else loss
-        self.apply_gradients(tape.gradient(total, variables), variables)
-        disc = discriminator_step(self.discriminator, self.discriminator_optimizer, z, permutation_seed)
-        return self._record(loss, terms, disc)
-
-    def test_step(self, data):
-        x, condition = self.unpack(data)
-        z_seed, permutation_seed = self._seeds()
-        loss, terms, z = self.loss_terms_and_z(x, condition, training=False, seed=z_seed)
-        return self._record(loss, terms, discriminator_terms(self.discriminator, z, permutation_seed))
-
-    def _record(self, loss, terms, disc=None):
-        self.trackers["tc"].update_state(terms["tc"])
-        if disc is not None:
-            self.trackers["disc_loss"].update_state(disc["disc_loss"])
-            self.trackers["disc_accuracy"].update_state(disc["disc_accuracy"])
-        return super()._record(loss, terms)
+    def after_train_step(self, result) -> dict:
+        """D's update with its own optimizer on the step's z; D's loss and accuracy before it."""
+        return discriminator_step(self.discriminator, self.discriminator_optimizer, result.aux["z"],
+                                  result.aux["permutation_seed"])
 
 
 __all__ = ["FactorVAE", "discriminator_step", "discriminator_terms", "make_discriminator",

@@ -19,7 +19,8 @@ which is the ELBO at k = 1, increases with k and tends to log p(x). Two gradient
 `MultiSampleVAE` is the shared machinery of the objectives built from importance weights
 (IWAE here; MIWAE, PIWAE, CIWAE in `tfvae.models.multisample`): it draws the weights, reports
 the ordinary single-path ELBO terms from the same samples, and trains with separate
-surrogate losses for the inference (encoder) and generative (everything else) variables.
+surrogate losses for the inference (encoder) and generative (everything else) variables
+(`TrainingLoss.inference` / `.generative`, which `BaseVAE.gradients` differentiates).
 """
 from __future__ import annotations
 
@@ -28,10 +29,9 @@ from typing import Literal
 import tensorflow as tf
 
 from tfvae.config import PositiveInt, validate
-from tfvae.models.base import BaseVAE
+from tfvae.models.base import BaseVAE, TrainingLoss
 from tfvae.registry import register
 
-INFERENCE, GENERATIVE = "inference", "generative"
 
 
 def log_mean_exp(log_w, axis: int = 0):
@@ -63,9 +63,9 @@ def dreg_surrogate(log_w_fixed_q, kl_weight=1.0, axis: int = 0):
 class MultiSampleVAE(BaseVAE):
     """Base of the variants whose loss is built from several importance weights per example.
 
-    A subclass implements `group_objectives`, returning the loss, one surrogate loss per
-    variable group (`INFERENCE`: the encoder's variables; `GENERATIVE`: all the others) and
-    the ELBO terms. `train_step` differentiates each group's surrogate with respect to that
+    A subclass's `loss` draws the weights (`draw_weights`) and may give a surrogate loss per
+    variable group (`TrainingLoss.inference`: the encoder's variables; `.generative`: all the
+    others); the training step differentiates each group's surrogate with respect to that
     group only, so an estimator may treat encoder and decoder differently (DReG, PIWAE).
     """
 
@@ -95,40 +95,6 @@ class MultiSampleVAE(BaseVAE):
                 "log_w_fixed_q": log_px_z + weight * (log_pz - log_qz_fixed),
                 "terms": {"log_px_z": mean_log_px_z, "kl": kl, "elbo": mean_log_px_z - kl}}
 
-    def group_objectives(self, x, condition=None, training=False, seed=None):
-        """(loss, {INFERENCE: surrogate, GENERATIVE: surrogate}, ELBO terms): the scalar
-        loss this variant reports, and for each variable group the scalar whose gradient with
-        respect to that group's variables is the estimator used in training."""
-        raise NotImplementedError
-
-    def objective_and_terms(self, x, condition=None, training=False, seed=None):
-        """(scalar loss, per-example ELBO terms). The loss's own gradient is the standard
-        (reparameterised) gradient of the objective; `train_step` uses `group_objectives`."""
-        loss, _, terms = self.group_objectives(x, condition, training=training, seed=seed)
-        return loss, terms
-
-    # ----------------------------------------------------------------- training
-    def group_gradients(self, x, condition=None, training=True, seed=None):
-        """(loss, terms, gradients aligned with `self.trainable_variables`): each variable's
-        gradient is that of its group's surrogate (plus any layer losses)."""
-        with tf.GradientTape(persistent=True) as tape:
-            loss, surrogates, terms = self.group_objectives(x, condition, training=training, seed=seed)
-            if self.losses:   # layer losses (regularizers) join both groups' surrogates
-                extra = tf.add_n(self.losses)
-                shared = surrogates[INFERENCE] is surrogates[GENERATIVE]
-                surrogates = {group: value + extra for group, value in surrogates.items()}
-                if shared:
-                    surrogates[GENERATIVE] = surrogates[INFERENCE]
-        grads = self.split_gradients(tape, surrogates[INFERENCE], surrogates[GENERATIVE])
-        del tape
-        return loss, terms, [g if g is not None else tf.zeros_like(v) for v, g in zip(self.trainable_variables, grads)]
-
-    def train_step(self, data):
-        x, condition = self.unpack(data)
-        loss, terms, gradients = self.group_gradients(x, condition, training=True)
-        self.apply_gradients(gradients, self.trainable_variables)
-        return self._record(loss, terms)
-
 
 @register("iwae")
 class IWAE(MultiSampleVAE):
@@ -149,15 +115,15 @@ class IWAE(MultiSampleVAE):
     def get_config(self):
         return {**super().get_config(), "k": self.k, "estimator": self.estimator}
 
-    def group_objectives(self, x, condition=None, training=False, seed=None):
-        """loss = -mean_B L_k; the generative surrogate is the loss; the inference surrogate
-        is the loss ("standard") or -mean_B sum_i sg(wt_i^2) log w_i(q fixed) ("dreg")."""
+    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+        """loss = -mean_B L_k; the generative variables train on its gradient, the encoder on
+        it too ("standard") or on -mean_B sum_i sg(wt_i^2) log w_i(q fixed) ("dreg")."""
         draws = self.draw_weights(x, self.k, condition, seed, training)
         loss = -tf.reduce_mean(log_mean_exp(draws["log_w"]))
-        inference = loss
+        inference = None
         if self.estimator == "dreg":
             inference = -tf.reduce_mean(dreg_surrogate(draws["log_w_fixed_q"], self.kl_weight))
-        return loss, {INFERENCE: inference, GENERATIVE: loss}, draws["terms"]
+        return TrainingLoss(loss, draws["terms"], inference=inference)
 
 
-__all__ = ["GENERATIVE", "INFERENCE", "IWAE", "MultiSampleVAE", "dreg_surrogate", "log_mean_exp"]
+__all__ = ["IWAE", "MultiSampleVAE", "dreg_surrogate", "log_mean_exp"]

@@ -29,7 +29,7 @@ from typing import Literal
 import tensorflow as tf
 
 from tfvae.config import ConfigError, NonNegativeFloat, PositiveFloat, validate
-from tfvae.models.base import BaseVAE
+from tfvae.models.base import BaseVAE, TrainingLoss
 from tfvae.registry import register
 
 KERNELS = ("rbf", "imq")
@@ -166,12 +166,12 @@ class InfoVAE(_MMDModel):
     def mmd_weight(self) -> float:
         return self.alpha + self.lambda_ - 1.0
 
-    def objective_and_terms(self, x, condition=None, training=False, seed=None):
-        """(scalar loss, per-example ELBO terms from one z ~ q per example)."""
+    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+        """The InfoVAE loss, with the ELBO terms of one z ~ q per example."""
         mmd, terms = self.mmd_and_terms(x, condition, training, seed)
         weight = tf.cast(self.kl_weight, tf.float32) * (1.0 - self.alpha)
         loss = -tf.reduce_mean(terms["log_px_z"] - weight * terms["kl"])
-        return loss + self.mmd_weight * mmd, terms
+        return TrainingLoss(loss + self.mmd_weight * mmd, terms)
 
 
 @register("wae_mmd")
@@ -208,10 +208,10 @@ class WAEMMD(_MMDModel):
     def get_config(self):
         return {**super().get_config(), "lambda_": self.lambda_, "kernel": self.kernel, "scale": self.scale}
 
-    def objective_and_terms(self, x, condition=None, training=False, seed=None):
-        """(scalar loss, per-example ELBO terms from one z ~ q per example)."""
+    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+        """The WAE-MMD loss, with the ELBO terms of one z ~ q per example as metrics."""
         mmd, terms = self.mmd_and_terms(x, condition, training, seed)
-        return -tf.reduce_mean(terms["log_px_z"]) + self.lambda_ * mmd, terms
+        return TrainingLoss(-tf.reduce_mean(terms["log_px_z"]) + self.lambda_ * mmd, terms)
 
 
 __all__ = ["InfoVAE", "KERNELS", "WAEMMD", "imq_kernel", "mmd2", "rbf_kernel"]

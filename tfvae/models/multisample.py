@@ -22,7 +22,8 @@ from typing import Annotated
 import tensorflow as tf
 
 from tfvae.config import UNIT_INTERVAL, PositiveInt, validate
-from tfvae.models.iwae import GENERATIVE, INFERENCE, MultiSampleVAE, log_mean_exp
+from tfvae.models.base import TrainingLoss
+from tfvae.models.iwae import MultiSampleVAE, log_mean_exp
 from tfvae.registry import register
 
 UnitFloat = Annotated[float, UNIT_INTERVAL]
@@ -57,11 +58,10 @@ class MIWAE(MultiSampleVAE):
         """MIWAE_{M,K} per example from log-weights [M, K, B]: mean over M of IWAE_K."""
         return tf.reduce_mean(log_mean_exp(log_w, axis=1), axis=0)
 
-    def group_objectives(self, x, condition=None, training=False, seed=None):
-        """loss = -mean_B MIWAE_{M,K}, the surrogate of both groups."""
+    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+        """loss = -mean_B MIWAE_{M,K}, which trains both networks."""
         log_w, terms = self.grouped_log_weights(x, condition, training, seed)
-        loss = -tf.reduce_mean(self.miwae_bound(log_w))
-        return loss, {INFERENCE: loss, GENERATIVE: loss}, terms
+        return TrainingLoss(-tf.reduce_mean(self.miwae_bound(log_w)), terms)
 
 
 @register("piwae")
@@ -71,15 +71,15 @@ class PIWAE(MIWAE):
 
     Both from the same M*K samples; the generative network is the decoder and the likelihood's
     parameters, the inference network the encoder. The reported loss is -IWAE_{M*K}, the bound the generative
-    model is fitted to; `objective_and_terms`'s own gradient is that of IWAE_{M*K} for every
-    variable, `train_step` uses the split. Args as `MIWAE`.
+    model is fitted to: its own gradient is that of IWAE_{M*K} for every variable, and the
+    training step gives the encoder the MIWAE surrogate instead. Args as `MIWAE`.
     """
 
-    def group_objectives(self, x, condition=None, training=False, seed=None):
+    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
         log_w, terms = self.grouped_log_weights(x, condition, training, seed)
         generative = -tf.reduce_mean(log_mean_exp(tf.reshape(log_w, [self.m * self.k, -1]), axis=0))
         inference = -tf.reduce_mean(self.miwae_bound(log_w))
-        return generative, {INFERENCE: inference, GENERATIVE: generative}, terms
+        return TrainingLoss(generative, terms, inference=inference)
 
 
 @register("ciwae")
@@ -106,16 +106,15 @@ class CIWAE(MultiSampleVAE):
     def get_config(self):
         return {**super().get_config(), "k": self.k, "beta": self.beta}
 
-    def group_objectives(self, x, condition=None, training=False, seed=None):
+    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
         """loss = -(beta * mean_B ELBO + (1 - beta) * mean_B IWAE_K), with the KL of the ELBO
-        weighted by kl_weight as in the VAE; the surrogate of both groups."""
+        weighted by kl_weight as in the VAE; it trains both networks."""
         draws = self.draw_weights(x, self.k, condition, seed, training)
         terms = draws["terms"]
         weight = tf.cast(self.kl_weight, terms["kl"].dtype)
         elbo = tf.reduce_mean(terms["log_px_z"] - weight * terms["kl"])
         iwae = tf.reduce_mean(log_mean_exp(draws["log_w"]))
-        loss = -(self.beta * elbo + (1.0 - self.beta) * iwae)
-        return loss, {INFERENCE: loss, GENERATIVE: loss}, terms
+        return TrainingLoss(-(self.beta * elbo + (1.0 - self.beta) * iwae), terms)
 
 
 __all__ = ["CIWAE", "MIWAE", "PIWAE"]

@@ -55,13 +55,12 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from tfvae.config import (Check, ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, Sizes, validate)
 from tfvae.inputs import check_batch
-from tfvae.models.base import BaseVAE
+from tfvae.models.base import BaseVAE, TrainingLoss
 from tfvae.registry import register
 
 WANG_POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)   # 5 scales, Wang et al. 2003
@@ -226,14 +225,13 @@ class ReconstructionLossVAE(BaseVAE):
       Other args as `BaseVAE`.
     """
 
+    extra_metrics = ("recon_loss",)
+
     def __init__(self, beta: NonNegativeFloat = 1.0, recon_weight: PositiveFloat | None = None, **base):
         args = validate(ReconstructionLossVAE, dict(beta=beta, recon_weight=recon_weight),
                         f"model {getattr(type(self), 'registered_name', 'vae')!r}", fill_defaults=False)
         super().__init__(**base)
         self.beta, self.recon_weight = args["beta"], args["recon_weight"]
-
-    def build_variant(self):
-        self.trackers["recon_loss"] = keras.metrics.Mean(name="recon_loss")
 
     def get_config(self):
         return {**super().get_config(), "beta": self.beta, "recon_weight": self.recon_weight}
@@ -250,8 +248,8 @@ class ReconstructionLossVAE(BaseVAE):
         """Per-example reconstruction loss [B] of x_hat [B, *data_shape] against x."""
         raise NotImplementedError
 
-    def objective_and_terms(self, x, condition=None, training=False, seed=None):
-        """(scalar loss, per-example terms [B]) from one z ~ q(z|x) per example.
+    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+        """The weighted reconstruction loss plus beta * KL, from one z ~ q(z|x) per example.
 
         terms: `log_px_z`, `kl`, `elbo` of the likelihood head at that z (as `elbo_terms(x, 1,
         seed=seed)`), and `recon_loss`, the unweighted reconstruction loss of its mean.
@@ -265,15 +263,7 @@ class ReconstructionLossVAE(BaseVAE):
         kl = self.kl_term(q, z, log_qz)
         weight = tf.cast(self.kl_weight, tf.float32)
         loss = tf.reduce_mean(self.effective_recon_weight * recon + (weight * self.beta) * kl)
-        return loss, {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl, "recon_loss": recon}
-
-    def objective(self, x, condition=None, training=False, seed=None):
-        """The scalar loss (see `objective_and_terms`)."""
-        return self.objective_and_terms(x, condition, training, seed)[0]
-
-    def _record(self, loss, terms):
-        self.trackers["recon_loss"].update_state(terms["recon_loss"])
-        return super()._record(loss, terms)
+        return TrainingLoss(loss, {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl, "recon_loss": recon})
 
 
 @register("mssim_vae")

@@ -51,10 +51,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import keras
 import tensorflow as tf
 
 from tfvae.config import NonNegativeInt, PositiveFloat, PositiveInt, validate
+from tfvae.models.base import TrainingLoss
 from tfvae.models.refine import Refinement, refine_posterior
 from tfvae.models.vae import VAE
 from tfvae.registry import register
@@ -78,6 +78,8 @@ class SAVAE(VAE):
         gradient at lambda_K held fixed); the encoder always gets the gradient through the steps.
     """
 
+    extra_metrics = ("refined_elbo",)
+
     def __init__(self, refine_steps: NonNegativeInt = 20, refine_learning_rate: PositiveFloat = 0.01,
                  max_grad_norm: PositiveFloat | None = 5.0, refine_samples: PositiveInt = 1,
                  generative_gradient: Literal["total", "partial"] = "total", **base):
@@ -91,10 +93,6 @@ class SAVAE(VAE):
         self.max_grad_norm = own["max_grad_norm"]
         self.refine_samples = own["refine_samples"]
         self.generative_gradient = own["generative_gradient"]
-
-    def build_variant(self):
-        """The extra training metric, the ELBO at the refined parameters."""
-        self.trackers["refined_elbo"] = keras.metrics.Mean(name="refined_elbo")
 
     def get_config(self):
         return {**super().get_config(), "refine_steps": self.refine_steps,
@@ -112,9 +110,11 @@ class SAVAE(VAE):
                                 training=training, differentiable=differentiable, params=params)
 
     # ----------------------------------------------------------------- objective
-    def objective_and_terms(self, x, condition=None, training=False, seed=None):
-        """(loss, terms): the loss is minus the KL-weighted ELBO at lambda_K (one draw of z),
-        averaged over the batch; terms are the encoder's ELBO terms plus `refined_elbo`.
+    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+        """Minus the KL-weighted ELBO at lambda_K (one draw of z), averaged over the batch; the
+        encoder trains through the refinement, the generative model per `generative_gradient`
+        ("partial": the same loss with lambda_K held fixed). Terms: the encoder's ELBO terms
+        plus `refined_elbo`.
 
         seed: a stateless seed for every draw of the step (None: the model's seed stream,
         one draw from it, as the VAE). With K = 0 the draw of z and the loss are the VAE's.
@@ -137,38 +137,13 @@ class SAVAE(VAE):
                                     training=training)
         loss = -tf.reduce_mean(final["log_px_z"] - weight * final["kl"])
         terms = {**terms, "refined_elbo": final["elbo"]}
+        generative = None
         if self.generative_gradient == "partial" and self.refine_steps > 0:
-            # Same draw, lambda_K held fixed: the generative model's gradient (see train_step).
+            # Same draw, lambda_K held fixed: the generative model's gradient.
             fixed = self.elbo_terms(x, 1, condition, seed=fold_in(seed, 2),
                                     posterior=self.posterior_family.distribution(tf.stop_gradient(refined_params)),
                                     training=training)
-            terms["generative_loss"] = -tf.reduce_mean(fixed["log_px_z"] - weight * fixed["kl"])
-        return loss, terms
+            generative = -tf.reduce_mean(fixed["log_px_z"] - weight * fixed["kl"])
+        return TrainingLoss(loss, terms, generative=generative)
 
-    def objective(self, x, condition=None, training=False, seed=None):
-        """The scalar loss (see `objective_and_terms`)."""
-        return self.objective_and_terms(x, condition, training, seed)[0]
 
-    def gradients(self, x, condition=None, training=True, seed=None):
-        """(loss, terms, gradients aligned with `trainable_variables`) of one training step:
-        the encoder's through the refinement; the generative model's per `generative_gradient`."""
-        with tf.GradientTape(persistent=self.generative_gradient == "partial") as tape:
-            loss, terms = self.objective_and_terms(x, condition, training=training, seed=seed)
-            extra = tf.add_n(self.losses) if self.losses else 0.0
-            total = loss + extra
-            generative_total = terms.pop("generative_loss", None)
-            if generative_total is not None:
-                generative_total = generative_total + extra
-        gradients = self.split_gradients(tape, total, total if generative_total is None else generative_total)
-        del tape
-        return loss, terms, gradients
-
-    def train_step(self, data):
-        x, condition = self.unpack(data)
-        loss, terms, gradients = self.gradients(x, condition, training=True)
-        self.apply_gradients(gradients, self.trainable_variables)
-        return self._record(loss, terms)
-
-    def _record(self, loss, terms):
-        self.trackers["refined_elbo"].update_state(terms["refined_elbo"])
-        return super()._record(loss, terms)
