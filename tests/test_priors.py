@@ -60,15 +60,15 @@ def prior_parameters(model):
     """(log weights [K], locs [K, L], scales [K, L]) of the model's mixture prior, from its
     weights: for the VampPrior the encoder's q at u = sigmoid(raw) (numpy), else the MoG's."""
     if isinstance(model, VampVAE):
-        raw = model.raw_pseudo_inputs.numpy().astype(np.float64)
+        raw = model.prior_part.raw.numpy().astype(np.float64)
         u = (1 / (1 + np.exp(-raw)) if model.likelihood.support == "unit_interval" else raw).astype(np.float32)
         q = model.encode(u)
         k = u.shape[0]
         return np.full(k, -math.log(k)), q.mean().numpy(), q.stddev().numpy()
-    logits = model.prior_logits.numpy().astype(np.float64)
+    logits = model.prior_part.logits.numpy().astype(np.float64)
     log_weights = logits - logsumexp(logits, axis=0)
-    scales = np.logaddexp(0, model.prior_raw_scales.numpy().astype(np.float64)) + 1e-4
-    return log_weights, model.prior_locs.numpy(), scales
+    scales = np.logaddexp(0, model.prior_part.raw_scales.numpy().astype(np.float64)) + 1e-4
+    return log_weights, model.prior_part.locs.numpy(), scales
 
 
 def make(kind, **kwargs):
@@ -106,7 +106,7 @@ def test_vamp_pseudo_inputs_stay_inside_the_bernoulli_support():
     u = model.pseudo_inputs().numpy()
     np.testing.assert_allclose(u, 0.05, atol=0.06)                     # near-blank start
     # Saturated raw values give exactly 0 and 1, which the encoder's checks accept.
-    model.raw_pseudo_inputs.assign(np.where(np.arange(5 * 36).reshape(5, *SHAPE) % 2, 200.0, -200.0))
+    model.prior_part.raw.assign(np.where(np.arange(5 * 36).reshape(5, *SHAPE) % 2, 200.0, -200.0))
     u = model.pseudo_inputs().numpy()
     assert set(np.unique(u)) == {0.0, 1.0}
     model.encode(u)                                                   # passes the [0, 1] check
@@ -125,9 +125,9 @@ def test_single_component_mog_is_a_learned_gaussian():
     model = make("mog_prior", k=1, latent_dim=3)
     rng = np.random.default_rng(3)
     mu, sigma = rng.normal(size=(1, 3)), np.array([[0.5, 1.3, 2.0]])
-    model.prior_locs.assign(mu.astype(np.float32))
-    model.prior_raw_scales.assign(raw_scale(sigma))
-    model.prior_logits.assign([2.7])                                   # irrelevant with one component
+    model.prior_part.locs.assign(mu.astype(np.float32))
+    model.prior_part.raw_scales.assign(raw_scale(sigma))
+    model.prior_part.logits.assign([2.7])                                   # irrelevant with one component
     z = rng.normal(size=(20, 3)).astype(np.float32)
     np.testing.assert_allclose(model.prior().log_prob(z).numpy(), norm_logpdf(z, mu, sigma).sum(-1), rtol=1e-5)
 

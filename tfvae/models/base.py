@@ -24,7 +24,6 @@ global batch (`tfvae.training.distribute` has the details). On one replica it ad
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Literal
@@ -35,39 +34,19 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae import steps
-from tfvae.config import NonNegativeInt, PositiveInt, Sizes, validate
-from tfvae.distributions import (LIKELIHOODS, DiagonalGaussianPosterior, build_likelihood, moments,
-                                 normalize_spec, standard_normal)
+from tfvae.config import ConfigError, NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.distributions import LIKELIHOODS, build_likelihood, moments, normalize_spec
 from tfvae.inputs import (RefusedBatch, as_float_tensor, check_batch, check_condition, check_sample_count,
                           checked_in_pipeline)
 from tfvae.nets import build_decoder, build_encoder, normalize_net_spec
+from tfvae.parts import build_part, check_parts
+from tfvae.parts.objectives import TrainingLoss
 from tfvae.replicas import apply_mean_gradients, replica_seed, step_logs
 from tfvae.seeds import as_seed
 
 tfd = tfp.distributions
 
 METRIC_NAMES = ("loss", "elbo", "log_px_z", "kl")
-
-
-@dataclasses.dataclass
-class TrainingLoss:
-    """What a variant trains on (`BaseVAE.loss`, its one hook).
-
-    value: the scalar loss, a mean over the batch: logged as "loss", and its gradient trains
-      every variable unless surrogates are given.
-    terms: per-example tensors [B]: `elbo`, `log_px_z`, `kl`, and the variant's own (every
-      name in its `extra_metrics` is logged from here).
-    inference, generative: optional surrogate losses whose gradients train the encoder's
-      variables and all the others respectively, for estimators that treat the two groups
-      differently (IWAE's DReG, PIWAE, SA-VAE). None: `value`.
-    aux: tensors `after_train_step` needs (e.g. the z a discriminator learns from).
-    """
-
-    value: tf.Tensor
-    terms: dict
-    inference: tf.Tensor | None = None
-    generative: tf.Tensor | None = None
-    aux: dict = dataclasses.field(default_factory=dict)
 
 
 DATA_BATCH = "a batch of the data set"     # names the checks `BaseVAE.checked_data` maps into a pipeline
@@ -86,6 +65,17 @@ def _data_errors_as_value_errors():
             raise
         parts = failed[0].strip()[1:-1].split("] [")       # "[message] [value] [value]"
         raise RefusedBatch(" ".join(parts)) from None
+
+
+def with_fixed_parts(name: str, base: dict, **parts) -> dict:
+    """`base` (a named variant's other arguments) with the parts the variant is made of: e.g.
+    `iwae` is the model with the objective {type: iwae, k, estimator}. A part of those kinds
+    given in `base` too is refused, naming the way to choose it."""
+    for kind, spec in parts.items():
+        if kind in base:
+            raise ConfigError(f"model {name!r} is the {kind} {spec['type']!r} with its own settings, so it takes "
+                              f"no {kind!r}; for another {kind}, use class 'vae' with {kind}: {{type: ...}}")
+    return {**base, **parts}
 
 
 class BaseVAE(keras.Model):
@@ -113,8 +103,11 @@ class BaseVAE(keras.Model):
     arguments, so configs are checked against one list of them.
     """
 
-    posterior_family = DiagonalGaussianPosterior
-    # Names of the per-example terms of `loss` that fit logs besides loss, elbo, log_px_z, kl.
+    # The kinds of part ("prior", "posterior", "objective") a named variant fixes from its own
+    # arguments (`with_fixed_parts`): its config holds those arguments, not the parts.
+    fixed_parts: tuple[str, ...] = ()
+    # Names of the per-example terms of `loss` that fit logs besides loss, elbo, log_px_z, kl
+    # (a variant's own; the objective part's are added to them).
     extra_metrics: tuple[str, ...] = ()
     # z ranges over R^latent_dim and p(z) has a density there, so the per-example Gaussian and
     # flow posteriors and the point estimates of `tfvae.inference` apply. False for latents on a
@@ -125,11 +118,14 @@ class BaseVAE(keras.Model):
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
                  likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
                  kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+                 precision: Literal["float32", "mixed_bfloat16"] = "float32",
+                 prior: str | Mapping = "standard_normal", posterior: str | Mapping = "diagonal",
+                 objective: str | Mapping = "elbo", name: str | None = None):
         super().__init__(name=name or getattr(type(self), "registered_name", "vae"))
         args = validate(BaseVAE, dict(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder,
                                       decoder=decoder, likelihood=likelihood, condition_dim=condition_dim,
-                                      kl=kl, seed=seed, precision=precision, name=name), f"model {self.name!r}")
+                                      kl=kl, seed=seed, precision=precision, prior=prior, posterior=posterior,
+                                      objective=objective, name=name), f"model {self.name!r}")
         self.data_shape = tuple(args["data_shape"])
         self.latent_dim = args["latent_dim"]
         self.condition_dim = args["condition_dim"]
@@ -139,11 +135,17 @@ class BaseVAE(keras.Model):
         likelihood_spec = normalize_spec(args["likelihood"], LIKELIHOODS, "likelihood")
         self.seed = args["seed"]
         self.precision = args["precision"]
+        self.prior_part = build_part("prior", args["prior"])
+        self.posterior_part = build_part("posterior", args["posterior"])
+        self.objective_part = build_part("objective", args["objective"])
+        if not hasattr(self, "posterior_family"):      # a variant may bring its own family
+            self.posterior_family = self.posterior_part
         # Kept as JSON text: Keras would wrap a dict attribute in a tracking container.
         self._base_config_json = json.dumps(dict(
             data_shape=list(self.data_shape), latent_dim=self.latent_dim, encoder=encoder_spec,
             decoder=decoder_spec, likelihood=likelihood_spec, condition_dim=self.condition_dim,
-            kl=self.kl_mode, seed=self.seed, precision=self.precision))
+            kl=self.kl_mode, seed=self.seed, precision=self.precision, prior=self.prior_part.spec(),
+            posterior=self.posterior_part.spec(), objective=self.objective_part.spec()))
 
         self.likelihood = build_likelihood(likelihood_spec, self.data_shape)
         self.encoder_net = build_encoder(encoder_spec, self.data_shape, self.condition_dim, self.encoder_output_units())
@@ -156,7 +158,7 @@ class BaseVAE(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(args["seed"], name="sampling_seed")
         # Multiplies the KL term of the training objective; the KL warm-up callback ramps it 0 -> 1.
         self.kl_weight = self.add_weight(shape=(), initializer="ones", trainable=False, name="kl_weight")
-        self.trackers = {n: keras.metrics.Mean(name=n) for n in (*METRIC_NAMES, *self.extra_metrics)}
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in (*METRIC_NAMES, *self.logged_terms)}
         self.build()
 
     # ----------------------------------------------------------------- network sizes
@@ -183,6 +185,9 @@ class BaseVAE(keras.Model):
             return
         for layer in (self.likelihood, self.encoder_net, self.decoder_net):
             layer.build()
+        for part in (self.prior_part, self.posterior_part, self.objective_part):
+            part.attach(self)
+        check_parts(self)
         self.build_variant()
         self.built = True
 
@@ -193,8 +198,12 @@ class BaseVAE(keras.Model):
         sub-layers only until the model is built."""
 
     def get_config(self):
-        # Plain Python containers only (JSON/YAML-safe); variants add their own keys.
-        return {**json.loads(self._base_config_json), "name": self.name}
+        # Plain Python containers only (JSON/YAML-safe); variants add their own keys. A named
+        # variant that fixes parts (`fixed_parts`) stores its own arguments instead.
+        config = {**json.loads(self._base_config_json), "name": self.name}
+        for kind in self.fixed_parts:
+            config.pop(kind)
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -206,8 +215,9 @@ class BaseVAE(keras.Model):
 
     # ----------------------------------------------------------------- distributions
     def prior(self) -> tfd.Distribution:
-        """p(z): N(0, I), event shape [latent_dim]."""
-        return standard_normal(self.latent_dim)
+        """p(z), event shape [latent_dim]: the prior part's (`prior:` in config; N(0, I) by
+        default)."""
+        return self.prior_part.distribution()
 
     def posterior_params(self, x, condition=None, training=False):
         """The encoder's raw output for x, [B, posterior_family.num_params(latent_dim)]:
@@ -316,12 +326,11 @@ class BaseVAE(keras.Model):
         Returns a `TrainingLoss`: the scalar loss (a mean over the batch), the per-example
         terms (at least `elbo`, `log_px_z`, `kl`, and every name in `extra_metrics`), and,
         for an estimator that treats the encoder and the other variables differently, one
-        surrogate per group. The VAE's loss is the negative ELBO with the KL weighted by
-        `kl_weight` (1 after warm-up), from one z ~ q(z|x) per example (`seed`: a stateless
-        seed [2]; None draws from the model's stream)."""
-        terms = self.elbo_terms(x, 1, condition, seed=seed, training=training)
-        weight = tf.cast(self.kl_weight, tf.float32)
-        return TrainingLoss(-tf.reduce_mean(terms["log_px_z"] - weight * terms["kl"]), terms)
+        surrogate per group. By default the objective part's (`objective:` in config; "elbo":
+        the negative ELBO with the KL weighted by `kl_weight`, 1 after warm-up, from one
+        z ~ q(z|x) per example). `seed`: a stateless seed [2]; None draws from the model's
+        stream."""
+        return self.objective_part.loss(self, x, condition, training=training, seed=seed)
 
     def objective_and_terms(self, x, condition=None, training=False, seed=None):
         """(scalar loss, per-example terms) of `loss`."""
@@ -346,12 +355,18 @@ class BaseVAE(keras.Model):
                              f"its data must yield (x, condition) pairs, e.g. labels=True")
         return data, None
 
+    @property
+    def logged_terms(self) -> tuple[str, ...]:
+        """The terms `fit` logs besides loss, elbo, log_px_z and kl: the variant's
+        `extra_metrics`, then its objective part's."""
+        return tuple(dict.fromkeys((*self.extra_metrics, *self.objective_part.extra_metrics)))
+
     def _record(self, loss, terms, updates=None):
         """Updates the trackers (loss; elbo, log_px_z, kl and `extra_metrics` from `terms`, or
         from `updates` where it has them) and returns the step's logs."""
         updates = updates or {}
         self.trackers["loss"].update_state(loss)
-        for name in ("elbo", "log_px_z", "kl", *self.extra_metrics):
+        for name in ("elbo", "log_px_z", "kl", *self.logged_terms):
             self.trackers[name].update_state(updates[name] if name in updates else terms[name])
         return step_logs({name: tracker.result() for name, tracker in self.trackers.items()})
 
@@ -397,14 +412,15 @@ class BaseVAE(keras.Model):
     def training_scope(self):
         """A context manager entered around every training step, inside the compiled step: a
         variant updates a schedule on entry (e.g. the Gumbel-softmax temperature) or holds a
-        mode while its loss is built (relaxed latents). Nothing by default."""
-        return contextlib.nullcontext()
+        mode while its loss is built (relaxed latents). The objective part's by default."""
+        return self.objective_part.training_scope(self)
 
     def after_train_step(self, result) -> dict:
         """Called after the update, inside the compiled step, with the step's `loss` result:
         a variant's second update (a discriminator's optimizer step, an EMA codebook) goes
-        here. Returns metric values to record instead of those in `result.terms`."""
-        return {}
+        here. Returns metric values to record instead of those in `result.terms`. The
+        objective part's by default."""
+        return self.objective_part.after_train_step(self, result)
 
     def train_step(self, data):
         x, condition = self.unpack(data)
