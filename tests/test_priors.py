@@ -166,8 +166,8 @@ def test_training_with_one_component_equals_training_with_a_learned_gaussian_pri
     mog = make("mog_prior", k=1, seed=3)
     perturb(mog, 5)
     hand = tiny(GaussianPriorVAE, kl="monte_carlo", seed=3)
-    hand.loc.assign(mog.prior_locs.numpy()[0])
-    hand.raw.assign(mog.prior_raw_scales.numpy()[0])
+    hand.loc.assign(mog.prior_part.locs.numpy()[0])
+    hand.raw.assign(mog.prior_part.raw_scales.numpy()[0])
     for a, b in zip(hand.encoder_net.weights + hand.decoder_net.weights,
                     mog.encoder_net.weights + mog.decoder_net.weights):
         a.assign(b)
@@ -178,8 +178,8 @@ def test_training_with_one_component_equals_training_with_a_learned_gaussian_pri
     for key in ("loss", "elbo", "kl", "log_px_z"):
         np.testing.assert_allclose(runs[0][key], runs[1][key], rtol=1e-5, err_msg=key)
     assert runs[0]["loss"][-1] < runs[0]["loss"][0]
-    np.testing.assert_allclose(mog.prior_locs.numpy()[0], hand.loc.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(mog.prior_raw_scales.numpy()[0], hand.raw.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mog.prior_part.locs.numpy()[0], hand.loc.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mog.prior_part.raw_scales.numpy()[0], hand.raw.numpy(), rtol=1e-5, atol=1e-6)
     assert np.abs(hand.loc.numpy()).max() > 1e-3                      # the prior did learn
 
 

@@ -6,7 +6,7 @@ A model defines a prior p(z), a decoder p(x|z) and an amortized posterior q(z|x)
 
 `BaseVAE` builds the networks from config, returns TFP distributions from `prior`,
 `encode` and `decode`, computes the ELBO's terms, and trains with Keras `fit` through
-`train_step`/`test_step`. A variant overrides what differs: its one training hook is `loss`
+`train_step`/`test_step`. A variant overrides what differs: its one training hook is `training_loss`
 (returning a `TrainingLoss`), with `training_scope` / `after_train_step` for a schedule or a
 second update; sometimes `prior` or the posterior family.
 
@@ -47,6 +47,7 @@ from tfvae.seeds import as_seed
 tfd = tfp.distributions
 
 METRIC_NAMES = ("loss", "elbo", "log_px_z", "kl")
+DEFAULT_PARTS = {"prior": "standard_normal", "posterior": "diagonal", "objective": "elbo"}
 
 
 DATA_BATCH = "a batch of the data set"     # names the checks `BaseVAE.checked_data` maps into a pipeline
@@ -72,6 +73,8 @@ def with_fixed_parts(name: str, base: dict, **parts) -> dict:
     `iwae` is the model with the objective {type: iwae, k, estimator}. A part of those kinds
     given in `base` too is refused, naming the way to choose it."""
     for kind, spec in parts.items():
+        if base.get(kind) in (DEFAULT_PARTS[kind], {"type": DEFAULT_PARTS[kind]}):
+            base = {key: value for key, value in base.items() if key != kind}    # the default, filled in
         if kind in base:
             raise ConfigError(f"model {name!r} is the {kind} {spec['type']!r} with its own settings, so it takes "
                               f"no {kind!r}; for another {kind}, use class 'vae' with {kind}: {{type: ...}}")
@@ -106,7 +109,7 @@ class BaseVAE(keras.Model):
     # The kinds of part ("prior", "posterior", "objective") a named variant fixes from its own
     # arguments (`with_fixed_parts`): its config holds those arguments, not the parts.
     fixed_parts: tuple[str, ...] = ()
-    # Names of the per-example terms of `loss` that fit logs besides loss, elbo, log_px_z, kl
+    # Names of the per-example terms of `training_loss` that fit logs besides loss, elbo, log_px_z, kl
     # (a variant's own; the objective part's are added to them).
     extra_metrics: tuple[str, ...] = ()
     # z ranges over R^latent_dim and p(z) has a density there, so the per-example Gaussian and
@@ -320,7 +323,7 @@ class BaseVAE(keras.Model):
         return {"log_w": log_px_z + log_pz - log_qz, "log_px_z": log_px_z, "log_pz": log_pz,
                 "log_qz": log_qz, "posterior": q}
 
-    def loss(self, x, condition=None, training=False, seed=None) -> "TrainingLoss":
+    def training_loss(self, x, condition=None, training=False, seed=None) -> "TrainingLoss":
         """The one hook of a variant: what it trains on, for a batch x [B, ...].
 
         Returns a `TrainingLoss`: the scalar loss (a mean over the batch), the per-example
@@ -333,13 +336,13 @@ class BaseVAE(keras.Model):
         return self.objective_part.loss(self, x, condition, training=training, seed=seed)
 
     def objective_and_terms(self, x, condition=None, training=False, seed=None):
-        """(scalar loss, per-example terms) of `loss`."""
-        result = self.loss(x, condition, training=training, seed=seed)
+        """(scalar loss, per-example terms) of `training_loss`."""
+        result = self.training_loss(x, condition, training=training, seed=seed)
         return result.value, result.terms
 
     def objective(self, x, condition=None, training=False, seed=None):
-        """The scalar loss this variant trains on (of `loss`)."""
-        return self.loss(x, condition, training=training, seed=seed).value
+        """The scalar loss this variant trains on (of `training_loss`)."""
+        return self.training_loss(x, condition, training=training, seed=seed).value
 
     # ----------------------------------------------------------------- fit
     def unpack(self, data):
@@ -392,12 +395,12 @@ class BaseVAE(keras.Model):
         return self.trainable_variables
 
     def gradients(self, x, condition=None, training=True, seed=None):
-        """(result of `loss`, gradients aligned with `optimized_variables`): each variable's
+        """(result of `training_loss`, gradients aligned with `optimized_variables`): each variable's
         gradient is that of its group's surrogate (the loss itself unless the variant gives
         surrogates), plus that of any layer losses (regularizers)."""
         variables = self.optimized_variables
         with tf.GradientTape(persistent=True) as tape:
-            result = self.loss(x, condition, training=training, seed=seed)
+            result = self.training_loss(x, condition, training=training, seed=seed)
             inference = result.value if result.inference is None else result.inference
             generative = result.value if result.generative is None else result.generative
             if self.losses:
@@ -416,7 +419,7 @@ class BaseVAE(keras.Model):
         return self.objective_part.training_scope(self)
 
     def after_train_step(self, result) -> dict:
-        """Called after the update, inside the compiled step, with the step's `loss` result:
+        """Called after the update, inside the compiled step, with the step's `training_loss` result:
         a variant's second update (a discriminator's optimizer step, an EMA codebook) goes
         here. Returns metric values to record instead of those in `result.terms`. The
         objective part's by default."""
@@ -439,7 +442,7 @@ class BaseVAE(keras.Model):
 
     def test_step(self, data):
         x, condition = self.unpack(data)
-        result = self.loss(x, condition, training=False)
+        result = self.training_loss(x, condition, training=False)
         return self._record(result.value, result.terms)
 
     # ----------------------------------------------------------------- fit, checked

@@ -113,7 +113,7 @@ class BetaTCVAE(BaseVAE):
         log_pz = self.prior().log_prob(z)
         return {"mi": log_qz - log_q_agg, "tc": log_q_agg - log_prod_q, "dimwise_kl": log_prod_q - log_pz}
 
-    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+    def training_loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
         """The beta-TCVAE loss from one z ~ q per example; terms: the ELBO terms of that draw
         (`log_px_z`, `kl`, `elbo`, as `elbo_terms(x, 1, seed=seed)`) and the KL parts `mi`,
         `tc`, `dimwise_kl`."""

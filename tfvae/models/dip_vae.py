@@ -96,7 +96,7 @@ class DIPVAE(BaseVAE):
         mu, sigma = moments(q)
         return dip_penalty(mu, sigma, self.dip_type, self.lambda_od, self.lambda_d)
 
-    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+    def training_loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
         """The VAE's loss plus the DIP penalty, with the ELBO terms of one z ~ q per example."""
         q = self.encode(x, condition, training=training)
         terms = self.elbo_terms(x, 1, condition, seed=seed, posterior=q, training=training)

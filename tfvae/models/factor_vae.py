@@ -169,7 +169,7 @@ class FactorVAE(BaseVAE):
         """D's logits s(z) = log D(z) / (1 - D(z)) ~= log q(z) - log prod_j q(z_j), [B] for z [B, L]."""
         return tf.squeeze(self.discriminator(tf.cast(z, tf.float32)), -1)
 
-    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+    def training_loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
         """The VAE loss plus gamma times the TC estimate, from one z ~ q(z|x) per example.
 
         terms: `log_px_z`, `kl`, `elbo` (as `elbo_terms(x, 1, seed=seed)`), `tc` = s(z_b), [B],

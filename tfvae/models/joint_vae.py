@@ -260,7 +260,7 @@ class JointVAE(RelaxedLatentVAE):
         c_d = tf.minimum(capacity_schedule(step, self.capacity_d, self.capacity_steps), self.max_discrete_kl())
         return c_c, c_d
 
-    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+    def training_loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
         """The capacity loss from one z ~ q per example.
 
         terms: `log_px_z`, `kl` = KL_c + KL_d, `elbo` = log_px_z - kl, and `kl_continuous`,

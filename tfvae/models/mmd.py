@@ -166,7 +166,7 @@ class InfoVAE(_MMDModel):
     def mmd_weight(self) -> float:
         return self.alpha + self.lambda_ - 1.0
 
-    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+    def training_loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
         """The InfoVAE loss, with the ELBO terms of one z ~ q per example."""
         mmd, terms = self.mmd_and_terms(x, condition, training, seed)
         weight = tf.cast(self.kl_weight, tf.float32) * (1.0 - self.alpha)
@@ -208,7 +208,7 @@ class WAEMMD(_MMDModel):
     def get_config(self):
         return {**super().get_config(), "lambda_": self.lambda_, "kernel": self.kernel, "scale": self.scale}
 
-    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+    def training_loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
         """The WAE-MMD loss, with the ELBO terms of one z ~ q per example as metrics."""
         mmd, terms = self.mmd_and_terms(x, condition, training, seed)
         return TrainingLoss(-tf.reduce_mean(terms["log_px_z"]) + self.lambda_ * mmd, terms)

@@ -248,7 +248,7 @@ class ReconstructionLossVAE(BaseVAE):
         """Per-example reconstruction loss [B] of x_hat [B, *data_shape] against x."""
         raise NotImplementedError
 
-    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+    def training_loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
         """The weighted reconstruction loss plus beta * KL, from one z ~ q(z|x) per example.
 
         terms: `log_px_z`, `kl`, `elbo` of the likelihood head at that z (as `elbo_terms(x, 1,

@@ -110,7 +110,7 @@ class SAVAE(VAE):
                                 training=training, differentiable=differentiable, params=params)
 
     # ----------------------------------------------------------------- objective
-    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+    def training_loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
         """Minus the KL-weighted ELBO at lambda_K (one draw of z), averaged over the batch; the
         encoder trains through the refinement, the generative model per `generative_gradient`
         ("partial": the same loss with lambda_K held fixed). Terms: the encoder's ELBO terms

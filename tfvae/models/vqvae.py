@@ -328,7 +328,7 @@ class VQVAE(BaseVAE):
         codes, indices = quantize(z_e, self.codebook, self.num_latents)
         return {"z_e": z_e, "codes": codes, "indices": indices, "posterior": point_mass(straight_through(z_e, codes))}
 
-    def loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+    def training_loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
         """The loss of the module docstring; terms: the ELBO terms [B] of z_q,
         `quantization_error` [B] and the batch's `perplexity` and `codes_used` (scalars). q is
         a point mass, so `seed` draws nothing (a constant one spares the seed stream)."""

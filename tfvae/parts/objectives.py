@@ -30,7 +30,7 @@ from tfvae.parts.base import Part, register_part
 
 @dataclasses.dataclass
 class TrainingLoss:
-    """What a model trains on (`Objective.loss`, `BaseVAE.loss`).
+    """What a model trains on (`Objective.loss`, `BaseVAE.training_loss`).
 
     value: the scalar loss, a mean over the batch: logged as "loss", and its gradient trains
       every variable unless surrogates are given.
