@@ -188,13 +188,15 @@ class FactorVAE(BaseVAE):
         terms = {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl, "tc": tc}
         permutation_seed = tf.random.experimental.stateless_fold_in(seed, 1)
         if not training:
-            terms.update(discriminator_terms(self.discriminator, z, permutation_seed))
+            disc = discriminator_terms(self.discriminator, z, permutation_seed)
+            terms.update(disc_loss=disc["disc_loss"], disc_accuracy=disc["disc_accuracy"])
         return TrainingLoss(loss, terms, aux={"z": z, "permutation_seed": permutation_seed})
 
     def after_train_step(self, result) -> dict:
         """D's update with its own optimizer on the step's z; D's loss and accuracy before it."""
-        return discriminator_step(self.discriminator, self.discriminator_optimizer, result.aux["z"],
+        disc = discriminator_step(self.discriminator, self.discriminator_optimizer, result.aux["z"],
                                   result.aux["permutation_seed"])
+        return {"disc_loss": disc["disc_loss"], "disc_accuracy": disc["disc_accuracy"]}
 
 
 __all__ = ["FactorVAE", "discriminator_step", "discriminator_terms", "make_discriminator",
