@@ -49,9 +49,12 @@ class TrainingLoss:
 
 class Objective(Part):
     """What a model trains on. `extra_metrics`: names of its terms that `fit` logs besides
-    loss, elbo, log_px_z and kl."""
+    loss, elbo, log_px_z and kl. `posteriors`: the posterior parts it works with (empty: any),
+    and `posteriors_reason`, why (`tfvae.parts.rules`)."""
 
     extra_metrics: tuple[str, ...] = ()
+    posteriors: tuple[str, ...] = ()
+    posteriors_reason = ""
 
     def loss(self, model, x, condition=None, training=False, seed=None) -> TrainingLoss:
         raise NotImplementedError
