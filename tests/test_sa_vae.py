@@ -15,7 +15,7 @@ from tfvae.config import ConfigError
 from tfvae.export import export
 from tfvae.inference import importance_sampling
 from tfvae.models import VAE
-from tfvae.models.refine import refine_posterior
+from tfvae.parts.refine import refine_posterior
 from tfvae.models.sa_vae import SAVAE
 
 fold_in = tf.random.experimental.stateless_fold_in
