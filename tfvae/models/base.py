@@ -390,9 +390,11 @@ class BaseVAE(keras.Model):
 
     @property
     def optimized_variables(self) -> list:
-        """The variables `self.optimizer` updates in `train_step`: all trainable ones here; a
-        variant whose step trains some of them with a second optimizer narrows the list."""
-        return self.trainable_variables
+        """The variables `self.optimizer` updates in `train_step`: all trainable ones but those
+        a part trains with an optimizer of its own (`Objective.separate_variables`, e.g.
+        FactorVAE's discriminator)."""
+        separate = {id(v) for v in self.objective_part.separate_variables(self)}
+        return [v for v in self.trainable_variables if id(v) not in separate]
 
     def gradients(self, x, condition=None, training=True, seed=None):
         """(result of `training_loss`, gradients aligned with `optimized_variables`): each variable's

@@ -63,6 +63,11 @@ class Objective(Part):
         """Entered around every training step (a schedule, a mode); nothing by default."""
         return contextlib.nullcontext()
 
+    def separate_variables(self, model) -> list:
+        """Variables this objective trains with an optimizer of its own, which the model's
+        optimizer must leave alone; none by default."""
+        return []
+
     def after_train_step(self, model, result: TrainingLoss) -> dict:
         """A second update after the model's (a discriminator, an EMA codebook); returns metric
         values to log instead of those in `result.terms`."""
