@@ -26,13 +26,17 @@ from tfvae.config import ConfigError
 from tfvae.models import VAE
 from tfvae.parts import list_parts
 
-DATA_SHAPE = (6,)
+DATA_SHAPE = (8, 8, 1)
 TINY = dict(data_shape=DATA_SHAPE, latent_dim=2, encoder={"type": "mlp", "hidden": [8]}, likelihood="bernoulli",
             seed=1)
 # Settings that keep each part small; a part not listed here runs with its defaults.
 SMALL = {("prior", "vamp"): {"pseudo_inputs": 3}, ("prior", "mixture"): {"components": 2},
          ("objective", "iwae"): {"k": 3}, ("objective", "miwae"): {"m": 2, "k": 2},
-         ("objective", "piwae"): {"m": 2, "k": 2}, ("objective", "ciwae"): {"k": 3}}
+         ("objective", "piwae"): {"m": 2, "k": 2}, ("objective", "ciwae"): {"k": 3},
+         ("objective", "mssim"): {"power_factors": [1.0], "filter_size": 3},
+         ("objective", "semi_amortized"): {"refine_steps": 2}, ("objective", "factor"): {"discriminator_hidden": [8]},
+         ("prior", "flow"): {"flow_steps": 1, "made_hidden": [8]}, ("posterior", "iaf"): {
+             "flow_steps": 1, "made_hidden": [8], "context_dim": 2}}
 
 
 def spec(kind, name):

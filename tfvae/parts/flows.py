@@ -1,6 +1,18 @@
-"""Flow posteriors: the inverse autoregressive flow `iaf` (Kingma et al. 2016), an encoder's
-diagonal Gaussian pushed through T autoregressive steps with a context h(x)
-(`tfvae.models.iaf` has the math, the two updates and what the log-density costs).
+"""Autoregressive flows as parts.
+
+- posterior `iaf` (Kingma et al. 2016): an encoder's diagonal Gaussian pushed through T inverse
+  autoregressive steps with a context h(x) (`tfvae.models.iaf` has the math, the two updates
+  and what the log-density costs);
+- prior `flow`: N(0, I) pushed through T masked autoregressive steps (MAF, Papamakarios et al.
+  2017), a learned prior whose density takes one MADE pass per step,
+
+      z = f(eps):  z_i = eps_i exp(l_i(z_<i)) + m_i(z_<i),    log p(z) = log N(eps; 0, I) - sum_i l_i,
+
+  with eps = f^-1(z) in one pass (m, l of every dimension from z at once) and the order of
+  the dimensions reversed between steps. Drawing z is sequential (L passes per step): cheap
+  for the prior, which is sampled only to generate, and evaluated on every training draw
+  (its KL has no closed form: the Monte Carlo rule). l_i = 5 tanh(s_i / 5) bounds the
+  log-scale; the MADEs' output layers start at zero, so a fresh flow prior is N(0, I).
 """
 from __future__ import annotations
 
@@ -11,11 +23,12 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.config import ConfigError, NonNegativeInt, Sizes
-from tfvae.distributions import DiagonalNormal, positive_scale
+from tfvae.distributions import DiagonalNormal, positive_scale, standard_normal
 from tfvae.nets.made import MADE
 from tfvae.nets.mlp import check_activation
 from tfvae.parts.base import register_part
 from tfvae.parts.posteriors import Posterior
+from tfvae.parts.priors import Prior
 
 tfd, tfb = tfp.distributions, tfp.bijectors
 
@@ -128,4 +141,64 @@ class IAFPosterior(Posterior):
         return tfd.TransformedDistribution(base, self.flow(context))
 
 
-__all__ = ["IAFPosterior", "LOG_SCALE_BOUND"]
+def reversal(latent_dim: int) -> tfb.Bijector:
+    """The permutation that reverses the order of the latent dimensions (|det| = 1)."""
+    return tfb.Permute(permutation=list(range(latent_dim - 1, -1, -1)))
+
+
+@register_part("prior", "flow")
+class FlowPrior(Prior):
+    """p(z): N(0, I) through T masked autoregressive flow steps (see the module docstring).
+    The MADEs are the model's (`model.prior_made_steps`), created when the part is attached.
+
+    Args:
+      flow_steps: T (0: N(0, I)).
+      made_hidden: hidden widths of each step's MADE (at least one layer).
+      made_activation: Keras activation of the MADE's hidden layers.
+    """
+
+    def __init__(self, flow_steps: NonNegativeInt = 2, made_hidden: Sizes = (64, 64), made_activation: str = "elu"):
+        super().__init__()
+        check_activation(made_activation)
+        if not made_hidden:
+            raise ConfigError("prior 'flow': 'made_hidden' needs at least one hidden layer, e.g. [64, 64]")
+        self.flow_steps, self.made_hidden, self.made_activation = flow_steps, tuple(made_hidden), made_activation
+
+    def get_config(self):
+        return {"flow_steps": self.flow_steps, "made_hidden": list(self.made_hidden),
+                "made_activation": self.made_activation}
+
+    def attach(self, model):
+        super().attach(model)
+        model.prior_made_steps = [MADE(model.latent_dim, self.made_hidden, self.made_activation, name=f"prior_made{t}")
+                                  for t in range(self.flow_steps)]
+        for made in model.prior_made_steps:
+            made.build()
+        self.made_steps = model.prior_made_steps
+
+    @staticmethod
+    def shift_and_log_scale(made):
+        """The (m, l) function of one MAF step from its MADE."""
+        def fn(z):
+            output = made(z)
+            return output[..., 0], LOG_SCALE_BOUND * tf.tanh(output[..., 1] / LOG_SCALE_BOUND)
+        return fn
+
+    def bijector(self) -> tfb.Bijector:
+        """f: eps -> z, MAF_T o reverse o ... o reverse o MAF_1 (Chain applies right to left)."""
+        reverse = reversal(self.model.latent_dim)
+        steps = []
+        for t, made in enumerate(self.made_steps):
+            if t:
+                steps.append(reverse)
+            steps.append(tfb.MaskedAutoregressiveFlow(shift_and_log_scale_fn=self.shift_and_log_scale(made)))
+        return tfb.Chain(steps[::-1])
+
+    def distribution(self) -> tfd.Distribution:
+        base = standard_normal(self.model.latent_dim)
+        if not self.made_steps:
+            return base
+        return tfd.TransformedDistribution(base, self.bijector())
+
+
+__all__ = ["FlowPrior", "IAFPosterior", "LOG_SCALE_BOUND", "reversal"]
