@@ -6,8 +6,8 @@ For every allowed prior x posterior x objective, on a tiny MLP:
   - a `.keras` archive reloads with `safe_mode=True` and computes the same ELBO;
   - one compiled `fit` step moves the weights and reports a finite loss;
   - its training gradients are finite;
-  - log p(x) by importance sampling with k = 1 equals the single-draw ELBO (Monte Carlo KL) of
-    the same draw, per example, through the two code paths (`importance_sampling`, `elbo_terms`);
+  - log p(x) by importance sampling with k = 1 equals the ELBO in expectation: the two code paths
+    (`importance_sampling`, `elbo_terms`) on independent draws agree within 4 standard errors;
   - the k-sample bound lies above the ELBO, on average over examples, beyond Monte Carlo error.
 Export depends on the prior and the posterior only (the objective changes how a model trains,
 not what it computes), so each allowed prior x posterior pair is exported once and reloaded
@@ -82,10 +82,10 @@ def test_the_combination_keeps_the_contract(prior, posterior, objective, tmp_pat
     assert np.isfinite(result.value.numpy())
     assert all(g is None or np.all(np.isfinite(tf.convert_to_tensor(g).numpy())) for g in gradients)
 
-    mc = build(prior, posterior, objective, kl="monte_carlo")
-    mc.set_weights(model.get_weights())
-    single = tfvae.importance_sampling(mc, X, k=1, seed=[7, 8], compiled=False)["log_px"].numpy()
-    np.testing.assert_allclose(single, mc.elbo_terms(X, 1, seed=[7, 8])["elbo"].numpy(), rtol=1e-5, atol=1e-4)
+    replicas = np.tile(X, (32,) + (1,) * len(DATA_SHAPE))
+    single = tfvae.importance_sampling(model, replicas, k=1, seed=[7, 8], compiled=False)["log_px"].numpy()
+    difference = single - model.elbo_terms(replicas, 1, seed=[7, 9])["elbo"].numpy()
+    assert abs(difference.mean()) < 4 * difference.std(ddof=1) / np.sqrt(len(difference)) + 1e-3
 
     bound = tfvae.importance_sampling(model, X, k=64, seed=[9, 9], compiled=False)["log_px"].numpy()
     draws = np.stack([elbo(model, seed=(s, 1)) for s in range(8)]).mean(0)
