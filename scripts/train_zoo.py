@@ -72,7 +72,8 @@ def main(argv=None):
             return
         data = f" --data-dir {args.data_dir}" if args.data_dir else ""
         section = publish(run_dir, args.zoo_dir, f"python scripts/train_zoo.py {args.preset} "
-                          f"--protocol {args.protocol}{data}", data_dir=args.data_dir)
+                          f"--protocol {args.protocol}{data}", data_dir=args.data_dir,
+                          preset=args.preset)
     except ValueError as e:           # unknown preset, no paper section, bad data dir
         raise SystemExit(f"error: {e}")
     report(args.preset, section)

@@ -84,9 +84,11 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_bit_identical_to_the_uninterrup
     with open(os.path.join(reference, "evaluation.json")) as f, open(os.path.join(killed, "evaluation.json")) as g:
         a, b = json.load(f), json.load(g)
     assert (a["log_px"], a["elbo"]) == (b["log_px"], b["elbo"])
-    with open(os.path.join(killed, "metadata.json")) as f:
-        metadata = json.load(f)
+    with open(os.path.join(killed, "metadata.json")) as f, open(os.path.join(reference, "metadata.json")) as g:
+        metadata, uninterrupted = json.load(f), json.load(g)
     assert metadata["resumed"] and metadata["epochs"] == 3 and metadata["best_epoch"] == 3
+    # The preset's name, not the run directory's: publish ships a run under the name it records.
+    assert metadata["preset"] == uninterrupted["preset"] == "tiny"
     assert sorted(os.listdir(killed)) == sorted(os.listdir(reference))   # state file removed, no temporaries
 
 

@@ -90,6 +90,47 @@ def test_checkpoints_between_writes_keep_the_weights_in_memory_and_write_them_at
     assert same(model.get_weights(), seen[3][0])                       # the model is left as it was
 
 
+def test_the_kl_warmup_epochs_are_not_compared_with_the_later_ones(tmp_path):
+    """Under a KL warm-up the validation loss rises with the KL's weight, whatever the model
+    learns: Checkpoints lets the latest warm-up epoch stand in as the best until a later one
+    exists, then compares only the later ones; early stopping counts none of the warm-up."""
+    import keras
+
+    from tfvae.training import Checkpoints
+
+    class Score(keras.callbacks.Callback):       # lowest in the warm-up (epochs 1-3), then 4 < 5
+        def on_epoch_end(self, epoch, logs=None):
+            logs["score"] = [1.0, 2.0, 3.0, 2.5, 2.8][epoch]
+
+    best_epochs = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            best_epochs.append(checkpoints.best_epoch)
+
+    model = VAE(data_shape=(4, 4, 1), latent_dim=2, encoder={"type": "mlp", "hidden": [8]})
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x = (np.random.default_rng(0).random((16, 4, 4, 1)) > 0.5).astype("float32")
+    checkpoints = Checkpoints(str(tmp_path / "last.weights.h5"), str(tmp_path / "best.weights.h5"),
+                              monitor="score", start_from_epoch=3)
+    model.fit(x, epochs=5, batch_size=8, verbose=0, callbacks=[Score(), checkpoints, Watch()])
+    assert best_epochs == [1, 2, 3, 4, 4]
+
+    # Through a run: min_delta 1e9 lets no epoch improve on the first one compared, so patience 1
+    # stops one epoch after it: after epoch 5 (of 6) when the 3 warm-up epochs do not count,
+    # after epoch 2 had they counted.
+    preset = tmp_path / "warm.yaml"
+    preset.write_text(
+        "model: {class: vae, data_shape: [28, 28, 1], latent_dim: 2, encoder: {type: mlp, hidden: [8]}}\n"
+        "data: {name: shapes}\n"
+        "training: {epochs: 6, steps_per_epoch: 2, batch_size: 16, kl_warmup_epochs: 3, image_every: 0,\n"
+        "           early_stopping_patience: 1, early_stopping_min_delta: 1.0e+9, jit_compile: false}\n")
+    out = tfvae.train(str(preset), out=str(tmp_path / "run"), evaluate_after=False, verbose=0)
+    with open(os.path.join(out, "metadata.json")) as f:
+        metadata = json.load(f)
+    assert metadata["epochs"] == 5 and metadata["best_epoch"] in (4, 5)
+
+
 def test_burda_schedule_matches_its_stages_enumerated_epoch_by_epoch():
     """Stage i lasts 3^i epochs at base * 10^(-i/7): list every epoch of the 3,280 and compare."""
     import keras

@@ -87,6 +87,19 @@ def test_from_preset_loads_the_shipped_weights_and_reproduces_the_fingerprint(sh
     assert fingerprint(fresh, x, condition) != pytest.approx(preset.pretrained.fingerprint["elbo"], abs=1e-3)
 
 
+def test_publish_refuses_an_unfinished_run_and_a_run_of_another_network(shipped, tmp_path):
+    from tfvae.zoo import publish
+    zoo, run_dir, _ = shipped
+    other = tmp_path / "zoo"
+    other.mkdir()
+    (other / "tiny.yaml").write_text(TINY.replace("latent_dim: 2", "latent_dim: 3"))
+    with pytest.raises(ValueError, match=r"another network than preset 'tiny' .*differ in latent_dim"):
+        publish(str(run_dir), str(other), "cmd", preset="tiny")
+    assert not (other / "tiny.weights.h5").exists() and "pretrained" not in (other / "tiny.yaml").read_text()
+    with pytest.raises(ValueError, match="not a finished run"):
+        publish(str(tmp_path), str(zoo), "cmd")
+
+
 def test_an_altered_or_missing_weights_file_is_refused_by_name(shipped, tmp_path):
     zoo, _, _ = shipped
     copy = tmp_path / "zoo"

@@ -70,7 +70,10 @@ class TrainingSection:
     is kept after them). adam_epsilon: epsilon of Adam/Adamax (None: Keras' 1e-7).
     early_stopping_patience: stop after this many epochs without a validation loss lower
     than the best by more than early_stopping_min_delta, and restore Keras' best weights
-    (best.weights.h5 keeps the lowest validation loss's). steps_per_execution: training
+    (best.weights.h5 keeps the lowest validation loss's). kl_warmup_epochs: the KL's weight
+    grows linearly from 0 to 1 over this many epochs; their validation losses weigh the KL by
+    less than 1 and are not compared with the later ones (neither the best epoch nor early
+    stopping counts them). steps_per_execution: training
     steps per compiled call (10 by default: it saved 10-20% of the time per step on a 2-core CPU by calling into
     the graph, the callbacks and the metrics once per 10 steps; see docs/performance.md).
     The KL warm-up then ramps its weight once per call. jit_compile: compile the steps with

@@ -66,7 +66,8 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {model}"
 
 
-def publish(run_dir: str, zoo_dir: str, command: str, data_dir: str | None = None, verbose: bool = True) -> dict:
+def publish(run_dir: str, zoo_dir: str, command: str, data_dir: str | None = None, verbose: bool = True,
+            preset: str | None = None) -> dict:
     """Ships a finished run's best weights with its preset: writes `<zoo_dir>/<preset>.weights.h5`
     and the preset's `pretrained:` section (replacing any earlier one) in `<zoo_dir>/<preset>.yaml`,
     and returns that section.
@@ -76,16 +77,30 @@ def publish(run_dir: str, zoo_dir: str, command: str, data_dir: str | None = Non
       zoo_dir: the directory of the preset YAML files (the repository's zoo_configs/).
       command: the command that reproduces the run, recorded in the section.
       data_dir: where the data set's files are (default: where the run found them).
+      preset: the preset the run trained (default: the one its metadata names; runs resumed
+        before train_args.json recorded the name carry their directory's name there).
+
+    Raises:
+      ValueError: the run is unfinished, zoo_dir has no such preset, or the run's network is
+        not the preset's under the run's protocol.
     """
-    with open(os.path.join(run_dir, "metadata.json")) as f:
+    metadata_path = os.path.join(run_dir, "metadata.json")
+    if not os.path.isfile(metadata_path):
+        raise ValueError(f"{run_dir} is not a finished run (no metadata.json): train or resume it first")
+    with open(metadata_path) as f:
         metadata = json.load(f)
-    name = metadata["preset"]
+    name = preset or metadata["preset"]
     yaml_path = os.path.join(zoo_dir, f"{name}.yaml")
     if not os.path.isfile(yaml_path):
         raise ValueError(f"{run_dir} is a run of preset {name!r}, which {zoo_dir} does not hold")
     if data_dir is None:
         data_dir = started_with(run_dir).get("data_dir")
     run, zoo = load_preset(run_dir), load_preset(yaml_path)
+    expected = zoo.with_protocol(metadata["protocol"]).model
+    if run.model != expected:
+        differ = sorted(key for key in {*run.model, *expected} if run.model.get(key) != expected.get(key))
+        raise ValueError(f"{run_dir} trained another network than preset {name!r} under the "
+                         f"{metadata['protocol']} protocol (they differ in {', '.join(differ)})")
     model = build_model(run.model)                       # uncompiled: no optimizer slots to save
     load_weights(model, os.path.join(run_dir, BEST_WEIGHTS_FILE))
     weights_file = f"{name}.weights.h5"

@@ -148,12 +148,19 @@ class Checkpoints(keras.callbacks.Callback):
     `write` save what is waiting. The first epoch is always written. A run that crashes
     before a write loses nothing: its resume state holds the weights, the best ones included
     (`tfvae.training.resume`). When the best epoch is the one just written, its file is a copy.
+
+    start_from_epoch: the epochs before it (0-based: this many epochs) are not compared with the
+    others, because their `monitor` measures another objective (a KL warm-up's loss weighs the
+    KL by less than 1, so it rises as the weight grows, whatever the model learns). Until then the
+    latest epoch stands in as the best (the closest to the objective); from then on the best is
+    the lowest `monitor` among the epochs from `start_from_epoch` on.
     """
 
-    def __init__(self, last_path: str, best_path: str, monitor: str = "val_loss", every_seconds: float = 0.0):
+    def __init__(self, last_path: str, best_path: str, monitor: str = "val_loss", every_seconds: float = 0.0,
+                 start_from_epoch: int = 0):
         super().__init__()
         self.last_path, self.best_path, self.monitor = last_path, best_path, monitor
-        self.every_seconds = every_seconds
+        self.every_seconds, self.start_from_epoch = every_seconds, start_from_epoch
         self.best = math.inf
         self.best_epoch = None
         self.best_weights = None          # the best epoch's weights (numpy), once there is one
@@ -167,8 +174,10 @@ class Checkpoints(keras.callbacks.Callback):
             return
         weights = self.model.get_weights()
         value = logs.get(self.monitor, logs.get("loss"))
-        improved = value is not None and np.isfinite(value) and value < self.best
-        if improved:
+        finite = value is not None and np.isfinite(value)
+        if epoch < self.start_from_epoch and finite:     # not comparable: the latest stands in
+            self.best_epoch, self.best_weights, self.best_written = epoch + 1, weights, False
+        elif finite and value < self.best:
             self.best, self.best_epoch = float(value), epoch + 1
             self.best_weights, self.best_written = weights, False
         self.last_weights = weights

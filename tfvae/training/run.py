@@ -174,7 +174,7 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
         atomic_write_text(os.path.join(out, CONFIG_FILE),
                           yaml.safe_dump(dataclasses.replace(preset, pretrained=None).to_dict(), sort_keys=False))
         atomic_write_text(os.path.join(out, TRAIN_ARGS_FILE), json.dumps(
-            {"protocol": protocol, "weights": _absolute(weights), "evaluate_after": evaluate_after,
+            {"preset": preset.name, "protocol": protocol, "weights": _absolute(weights), "evaluate_after": evaluate_after,
              "data_dir": _absolute(data_dir)}, indent=2) + "\n")
 
     grid_batch = next(iter(load_eval_data(preset, data_dir, examples=16, batch_size=16, seed=t.seed)))
@@ -183,7 +183,7 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     history_path = os.path.join(out, "history.csv")
     epoch, step = (state[0]["epoch"], state[0]["step"]) if state else (0, 0)
     checkpoints = Checkpoints(os.path.join(out, WEIGHTS_FILE), os.path.join(out, BEST_WEIGHTS_FILE),
-                              every_seconds=t.checkpoint_seconds)
+                              every_seconds=t.checkpoint_seconds, start_from_epoch=t.kl_warmup_epochs)
     run_callbacks = [StopOnNonFinite(os.path.join(out, WEIGHTS_FILE)), checkpoints,
                      HistoryCSV(history_path, read_history(history_path, epoch) if state else ()),
                      ImageGrid(grid_x, os.path.join(out, "images"), grid_condition, every=t.image_every, seed=t.seed)]
@@ -195,7 +195,8 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     early_stopping = None
     if t.early_stopping_patience:
         early_stopping = keras.callbacks.EarlyStopping(patience=t.early_stopping_patience,
-                                                       min_delta=t.early_stopping_min_delta, restore_best_weights=True)
+                                                       min_delta=t.early_stopping_min_delta, restore_best_weights=True,
+                                                       start_from_epoch=t.kl_warmup_epochs)
         run_callbacks.append(early_stopping)
     resume_state = ResumeState(state_path, t.checkpoint_seconds, checkpoints, early_stopping, state)
     run_callbacks += [*(callbacks or []), resume_state]
@@ -275,13 +276,16 @@ def _resumed_run(run_dir, out, preset, model, training, evaluation, weights, dat
         raise ValueError(f"the run in {run_dir} is complete (it has metadata.json): nothing to resume")
     started = started_with(run_dir)
     remove_stale_temporaries(run_dir)
-    return (run_dir, load_preset(run_dir), started.get("protocol", "short"), started.get("weights"),
+    preset = load_preset(run_dir)        # named after the directory: the preset's name is in train_args
+    if started.get("preset"):
+        preset = dataclasses.replace(preset, name=started["preset"])
+    return (run_dir, preset, started.get("protocol", "short"), started.get("weights"),
             started.get("evaluate_after", True), data_dir if data_dir is not None else started.get("data_dir"))
 
 
 def started_with(run_dir: str) -> dict:
-    """How a run was started (train_args.json: protocol, initial weights, data directory,
-    evaluate_after); {} for a run written before that file existed."""
+    """How a run was started (train_args.json: preset name, protocol, initial weights, data
+    directory, evaluate_after); {} for a run written before that file existed."""
     path = os.path.join(run_dir, TRAIN_ARGS_FILE)
     if not os.path.isfile(path):
         return {}
