@@ -1,7 +1,9 @@
 """The contract every combination of parts keeps: one harness over the registered priors,
 posteriors and objectives (and the parts a new module registers, with no test code of its own).
 
-For every allowed prior x posterior x objective, on a tiny MLP:
+For every allowed prior x posterior x objective, on a tiny MLP (the default suite runs a
+covering subset, `covering`: each pair of priors and posteriors, each objective with the
+default pair and with one other; `-m slow` runs the whole grid):
   - its config round-trips (`get_config` -> `from_config` computes the same ELBO);
   - a `.keras` archive reloads with `safe_mode=True` and computes the same ELBO;
   - one compiled `fit` step moves the weights and reports a finite loss;
@@ -59,6 +61,29 @@ def allowed(prior, posterior, objective) -> bool:
 ALL = list(itertools.product(list_parts("prior"), list_parts("posterior"), list_parts("objective")))
 COMBINATIONS = [combo for combo in ALL if allowed(*combo)]
 PAIRS = sorted({(prior, posterior) for prior, posterior, _ in COMBINATIONS})
+DEFAULT_PAIR = ("standard_normal", "diagonal")
+
+
+def covering(combinations):
+    """The combinations the default suite runs: every allowed prior x posterior pair with the
+    ELBO, every objective with N(0, I) and the diagonal Gaussian, and every objective once more
+    with another pair (taken in turn), so that each part meets parts other than the defaults.
+    The rest of the grid runs with -m slow."""
+    chosen = [combo for combo in combinations if combo[2] == "elbo" or combo[:2] == DEFAULT_PAIR]
+    others = [pair for pair in PAIRS if pair != DEFAULT_PAIR]
+    turn = 0
+    for objective in sorted({combo[2] for combo in combinations} - {"elbo"}):
+        for attempt in range(len(others)):
+            pair = others[(turn + attempt) % len(others)]
+            if (*pair, objective) in combinations:
+                chosen.append((*pair, objective))
+                turn += attempt + 1
+                break
+    return set(chosen)
+
+
+COVERED = covering(COMBINATIONS)
+GRID = [combo if combo in COVERED else pytest.param(*combo, marks=pytest.mark.slow) for combo in COMBINATIONS]
 X = (np.random.default_rng(0).uniform(size=(16, *DATA_SHAPE)) > 0.5).astype("float32")
 
 
@@ -66,7 +91,7 @@ def elbo(model, x=X, seed=(3, 4)):
     return model.elbo_terms(x, 1, seed=seed)["elbo"].numpy()
 
 
-@pytest.mark.parametrize("prior, posterior, objective", COMBINATIONS)
+@pytest.mark.parametrize("prior, posterior, objective", GRID)
 def test_the_combination_keeps_the_contract(prior, posterior, objective, tmp_path):
     model = build(prior, posterior, objective)
     clone = type(model).from_config(model.get_config())
@@ -114,6 +139,14 @@ def test_the_prior_and_posterior_export_and_reload_through_plain_tensorflow(prio
 def test_every_registered_part_takes_part_in_some_allowed_combination():
     for kind, index in (("prior", 0), ("posterior", 1), ("objective", 2)):
         assert {combo[index] for combo in COMBINATIONS} == set(list_parts(kind)), kind
+
+
+def test_the_default_suite_covers_every_part_and_every_prior_posterior_pair():
+    assert {(p, q) for p, q, _ in COVERED} == set(PAIRS)
+    for kind, index in (("prior", 0), ("posterior", 1), ("objective", 2)):
+        assert {combo[index] for combo in COVERED} == {combo[index] for combo in COMBINATIONS}, kind
+    outside_default = {combo[2] for combo in COVERED if combo[:2] != DEFAULT_PAIR}
+    assert outside_default == {combo[2] for combo in COMBINATIONS if combo[:2] != DEFAULT_PAIR}
 
 
 def test_refused_combinations_say_why():

@@ -67,6 +67,8 @@ class IAFPosterior(Posterior):
       gate_bias: added to s before the sigmoid of the "gated" update.
     """
 
+    density_anywhere = False     # log q at an arbitrary z inverts the flow: latent_dim MADE passes
+
     def __init__(self, flow_steps: NonNegativeInt = 2, made_hidden: Sizes = (320, 320), made_activation: str = "elu",
                  context_dim: NonNegativeInt = 50, update: Literal["gated", "affine"] = "gated",
                  gate_bias: float = 2.0):

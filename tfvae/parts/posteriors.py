@@ -21,9 +21,13 @@ tfb = tfp.bijectors
 
 
 class Posterior(Part):
-    """q(z|x) from the encoder's raw output. `latent_space` must match the prior's."""
+    """q(z|x) from the encoder's raw output. `latent_space` must match the prior's.
+    `density_anywhere`: log q(z|x) at a z the family did not draw costs one evaluation (a
+    closed form); a flow's needs its inverse, and a prior built from the posterior (the
+    VampPrior) needs exactly that."""
 
     latent_space = "euclidean"
+    density_anywhere = True
 
     def num_params(self, latent_dim: int) -> int:
         raise NotImplementedError

@@ -33,6 +33,7 @@ class Prior(Part):
     must match."""
 
     latent_space = "euclidean"
+    needs_posterior_density = False   # built from q(z|.) at other inputs: log q at any z
 
     def distribution(self) -> tfd.Distribution:
         raise NotImplementedError
@@ -88,6 +89,8 @@ class VampPrior(Prior):
     Args:
       pseudo_inputs: K, the number of pseudo-inputs (mixture components).
     """
+
+    needs_posterior_density = True
 
     def __init__(self, pseudo_inputs: PositiveInt = 500):
         super().__init__()
