@@ -47,6 +47,8 @@ from tfvae.seeds import as_seed
 tfd = tfp.distributions
 
 METRIC_NAMES = ("loss", "elbo", "log_px_z", "kl")
+# Methods of BaseVAE computed from `training_loss`, which a variant must not override.
+DERIVED_FROM_TRAINING_LOSS = ("objective_and_terms", "objective", "train_step", "test_step", "gradients", "_record")
 DEFAULT_PARTS = {"prior": "standard_normal", "posterior": "diagonal", "objective": "elbo"}
 
 
@@ -109,6 +111,17 @@ class BaseVAE(keras.Model):
     # The kinds of part ("prior", "posterior", "objective") a named variant fixes from its own
     # arguments (`with_fixed_parts`): its config holds those arguments, not the parts.
     fixed_parts: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        """A variant trains through `training_loss` only: overriding the methods derived from
+        it (or the step that calls it) would be silently bypassed or break the generic step."""
+        super().__init_subclass__(**kwargs)
+        derived = [name for name in DERIVED_FROM_TRAINING_LOSS if name in cls.__dict__]
+        if derived:
+            raise TypeError(f"{cls.__qualname__} overrides {', '.join(derived)}: a variant's training hook is "
+                            f"training_loss(x, condition, training, seed) -> TrainingLoss (its loss, per-example "
+                            f"terms and optional surrogates); after_train_step and training_scope cover a "
+                            f"second update and a mode (see docs/adding_a_part.md)")
     # Names of the per-example terms of `training_loss` that fit logs besides loss, elbo, log_px_z, kl
     # (a variant's own; the objective part's are added to them).
     extra_metrics: tuple[str, ...] = ()
