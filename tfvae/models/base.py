@@ -125,10 +125,6 @@ class BaseVAE(keras.Model):
     # Names of the per-example terms of `training_loss` that fit logs besides loss, elbo, log_px_z, kl
     # (a variant's own; the objective part's are added to them).
     extra_metrics: tuple[str, ...] = ()
-    # z ranges over R^latent_dim and p(z) has a density there, so the per-example Gaussian and
-    # flow posteriors and the point estimates of `tfvae.inference` apply. False for latents on a
-    # sphere (svae), a simplex (gumbel_vae) or a codebook (vqvae).
-    euclidean_latent = True
 
     def __init__(self, data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
@@ -156,6 +152,10 @@ class BaseVAE(keras.Model):
         self.objective_part = build_part("objective", args["objective"])
         if not hasattr(self, "posterior_family"):      # a variant may bring its own family
             self.posterior_family = self.posterior_part
+        # Keras' attribute: jit_compile="auto" (and tfvae's presets) leave XLA off unless every
+        # part samples with ops XLA has kernels for (not the Power Spherical's gamma draws).
+        self.supports_jit = all(getattr(part, "supports_jit", True)
+                                for part in (self.prior_part, self.posterior_part, self.objective_part))
         # Kept as JSON text: Keras would wrap a dict attribute in a tracking container.
         self._base_config_json = json.dumps(dict(
             data_shape=list(self.data_shape), latent_dim=self.latent_dim, encoder=encoder_spec,
@@ -176,6 +176,14 @@ class BaseVAE(keras.Model):
         self.kl_weight = self.add_weight(shape=(), initializer="ones", trainable=False, name="kl_weight")
         self.trackers = {n: keras.metrics.Mean(name=n) for n in (*METRIC_NAMES, *self.logged_terms)}
         self.build()
+
+    @property
+    def euclidean_latent(self) -> bool:
+        """z ranges over R^latent_dim and p(z) has a density there, so the per-example Gaussian
+        and flow posteriors and the point estimates of `tfvae.inference` apply: the posterior's
+        latent space is "euclidean". False for latents on a sphere (the spherical parts), a
+        simplex (gumbel_vae) or a codebook (vqvae)."""
+        return getattr(self.posterior_family, "latent_space", "euclidean") == "euclidean"
 
     # ----------------------------------------------------------------- network sizes
     # Hooks for variants whose networks do not map x -> q(z|x) and z -> p(x|z) over the whole
@@ -565,9 +573,11 @@ class BaseVAE(keras.Model):
     # ----------------------------------------------------------------- conveniences
     def reconstruct(self, x, condition=None, training=False):
         """Mean of p(x | z = mean of q(z|x)), shape [B, *data_shape] (the mean estimated
-        from fixed draws when q has no closed form, e.g. a flow; see `moments`)."""
+        from fixed draws when q has no closed form, e.g. a flow; see `moments`), or the point
+        the posterior part decodes instead (`decode_point`: the mean direction on a sphere)."""
         q = self.encode(x, condition, training=training)
-        return self.decode(moments(q)[0], condition, training=training).mean()
+        point = self.posterior_family.decode_point(q) if hasattr(self.posterior_family, "decode_point") else moments(q)[0]
+        return self.decode(point, condition, training=training).mean()
 
     def sample(self, n: int, seed=None, condition=None, mean: bool = True):
         """n draws x ~ p(x|z), z ~ p(z); the means of p(x|z) when `mean` (images without

@@ -13,7 +13,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.distributions import DiagonalNormal, positive_scale
+from tfvae.distributions import DiagonalNormal, moments, positive_scale
 from tfvae.parts.base import Part, register_part
 
 tfd = tfp.distributions
@@ -28,12 +28,18 @@ class Posterior(Part):
 
     latent_space = "euclidean"
     density_anywhere = True
+    supports_jit = True       # False: its sampling has no XLA kernel (the model trains without XLA)
 
     def num_params(self, latent_dim: int) -> int:
         raise NotImplementedError
 
     def distribution(self, params) -> tfd.Distribution:
         raise NotImplementedError
+
+    def decode_point(self, q):
+        """The z a reconstruction decodes for q(z|x): its mean (estimated from fixed draws
+        when it has no closed form, `moments`)."""
+        return moments(q)[0]
 
 
 @register_part("posterior", "diagonal")
