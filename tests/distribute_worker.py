@@ -112,19 +112,14 @@ def emulated_fit(model):
 def share_gradients(model, x):
     """One half batch's loss, mean ELBO and gradients: of the model's loss with respect to
     `optimized_variables` ("vae") and, for FactorVAE, of its discriminator's loss ("disc")."""
+    result, gradients = model.gradients(x, training=True)
+    share = {"vae": gradients}
     if hasattr(model, "discriminator"):
-        z_seed, permutation_seed = model._seeds()
         with tf.GradientTape() as tape:
-            loss, terms, z = model.loss_terms_and_z(x, training=True, seed=z_seed)
-        share = {"vae": tape.gradient(loss, model.optimized_variables)}
-        with tf.GradientTape() as tape:
-            disc_loss = discriminator_terms(model.discriminator, z, permutation_seed)["disc_loss"]
+            disc_loss = discriminator_terms(model.discriminator, result.aux["z"],
+                                            result.aux["permutation_seed"])["disc_loss"]
         share["disc"] = tape.gradient(disc_loss, model.discriminator.trainable_variables)
-    else:
-        with tf.GradientTape() as tape:
-            loss, terms = model.objective_and_terms(x, training=True)
-        share = {"vae": tape.gradient(loss, model.optimized_variables)}
-    return {**share, "loss": float(loss), "elbo": float(tf.reduce_mean(terms["elbo"]))}
+    return {**share, "loss": float(result.value), "elbo": float(tf.reduce_mean(result.terms["elbo"]))}
 
 
 def record(results, case, model, loss, elbo):

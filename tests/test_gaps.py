@@ -16,7 +16,7 @@ from tfvae.inference.optimize import optimize_posterior
 from tfvae.inference.points import laplace_log_likelihood, point_estimate
 from tfvae.inference.units import active_units
 from tfvae.models import VAE, LinearGaussian
-from tfvae.models.refine import refine_posterior
+from tfvae.parts.refine import refine_posterior
 
 tfd = tfp.distributions
 

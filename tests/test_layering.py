@@ -15,7 +15,7 @@ ORDER = [
     "version", "config", "registry", "io", "seeds", "inputs", "steps", "replicas", "optimizers", "images",
     "lean_step",
     # what models are made of
-    "distributions", "data", "nets",
+    "distributions", "data", "nets", "parts",
     # the models, then what works on any model
     "models", "inference", "metrics", "export", "traversal", "presets",
     # training, measuring, run directories and the shipped zoo

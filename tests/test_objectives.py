@@ -17,6 +17,7 @@ from tfvae.models import VAE
 from tfvae.models.beta_vae import BetaVAE
 from tfvae.models.iwae import IWAE, log_mean_exp
 from tfvae.models.multisample import CIWAE, MIWAE, PIWAE
+from tfvae.parts.objectives import draw_weights
 
 SHAPE = (6, 6, 1)
 TINY = dict(data_shape=SHAPE, latent_dim=2, encoder={"type": "mlp", "hidden": [8]})
@@ -29,12 +30,8 @@ X = structured_data(8, seed=1)
 
 def loss_and_gradients(model, x, seed=None):
     """(loss, gradients over model.trainable_variables) of one training step's estimator."""
-    if hasattr(model, "group_gradients"):
-        loss, _, grads = model.group_gradients(x, seed=seed, training=True)
-        return loss.numpy(), [g.numpy() for g in grads]
-    with tf.GradientTape() as tape:
-        loss = model.objective(x, training=True)
-    return loss.numpy(), [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+    result, grads = model.gradients(x, seed=seed, training=True)
+    return result.value.numpy(), [g.numpy() for g in grads]
 
 
 def assert_same_step(a, b, x, exact=True, seed_a=None, seed_b=None):
@@ -235,7 +232,7 @@ def test_bound_increases_with_k(trained):
     estimates = {}
     for k in (1, 4, 32):
         model = twin(IWAE, trained, k=k)
-        draws = model.draw_weights(replicas, k, seed=[k, 1])
+        draws = draw_weights(model, replicas, k, seed=[k, 1])
         bounds = log_mean_exp(draws["log_w"]).numpy().reshape(100, len(x)).mean(1)   # per replicate
         np.testing.assert_allclose(bounds.mean(), -loss_of(model, replicas, [k, 1]), rtol=1e-5)
         estimates[k] = (bounds.mean(), bounds.std(ddof=1) / math.sqrt(len(bounds)))
@@ -249,7 +246,7 @@ def test_bound_increases_with_k(trained):
 
 def gradient_draws(model, x, seeds):
     """Per-seed gradients, one [seeds, size] array per trainable variable."""
-    step = tf.function(lambda seed: model.group_gradients(x, seed=seed)[2])
+    step = tf.function(lambda seed: model.gradients(x, seed=seed)[1])
     draws = [[g.numpy().ravel() for g in step(tf.constant([s, 11]))] for s in range(seeds)]
     return [np.stack(column) for column in zip(*draws)]
 

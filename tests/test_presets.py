@@ -95,13 +95,15 @@ def test_weights_load_into_the_preset_and_mismatches_are_named(tmp_path):
 
 
 def test_register_adds_a_variant_and_refuses_a_taken_name():
+    from tfvae.parts import TrainingLoss
+
     @tfvae.register("test_half_kl_vae")
     class HalfKL(BaseVAE):
         """Trains on E[log p(x|z)] - KL / 2."""
 
-        def objective_and_terms(self, x, condition=None, training=False):
+        def training_loss(self, x, condition=None, training=False, seed=None):
             terms = self.elbo_terms(x, 1, condition, seed=0, training=training)
-            return -tf.reduce_mean(terms["log_px_z"] - 0.5 * terms["kl"]), terms
+            return TrainingLoss(-tf.reduce_mean(terms["log_px_z"] - 0.5 * terms["kl"]), terms)
 
     assert tfvae.get_model_class("test_half_kl_vae") is HalfKL
     model = HalfKL(data_shape=(4,), latent_dim=2, likelihood={"type": "gaussian", "scale": 1.0})
@@ -110,6 +112,11 @@ def test_register_adds_a_variant_and_refuses_a_taken_name():
         -(terms["log_px_z"] - 0.5 * terms["kl"]).numpy().mean(), rel=1e-5)
     with pytest.raises(ValueError, match="already taken"):
         tfvae.register("vae")(HalfKL)
+    # The methods derived from the hook cannot be overridden: the generic step would bypass them.
+    with pytest.raises(TypeError, match="overrides objective_and_terms: a variant's training hook is training_loss"):
+        class Bypassed(BaseVAE):
+            def objective_and_terms(self, x, condition=None, training=False):
+                return 0.0, {}
 
 
 def test_the_paper_protocol_overrides_the_short_recipe():

@@ -60,15 +60,15 @@ def prior_parameters(model):
     """(log weights [K], locs [K, L], scales [K, L]) of the model's mixture prior, from its
     weights: for the VampPrior the encoder's q at u = sigmoid(raw) (numpy), else the MoG's."""
     if isinstance(model, VampVAE):
-        raw = model.raw_pseudo_inputs.numpy().astype(np.float64)
+        raw = model.prior_part.raw.numpy().astype(np.float64)
         u = (1 / (1 + np.exp(-raw)) if model.likelihood.support == "unit_interval" else raw).astype(np.float32)
         q = model.encode(u)
         k = u.shape[0]
         return np.full(k, -math.log(k)), q.mean().numpy(), q.stddev().numpy()
-    logits = model.prior_logits.numpy().astype(np.float64)
+    logits = model.prior_part.logits.numpy().astype(np.float64)
     log_weights = logits - logsumexp(logits, axis=0)
-    scales = np.logaddexp(0, model.prior_raw_scales.numpy().astype(np.float64)) + 1e-4
-    return log_weights, model.prior_locs.numpy(), scales
+    scales = np.logaddexp(0, model.prior_part.raw_scales.numpy().astype(np.float64)) + 1e-4
+    return log_weights, model.prior_part.locs.numpy(), scales
 
 
 def make(kind, **kwargs):
@@ -106,7 +106,7 @@ def test_vamp_pseudo_inputs_stay_inside_the_bernoulli_support():
     u = model.pseudo_inputs().numpy()
     np.testing.assert_allclose(u, 0.05, atol=0.06)                     # near-blank start
     # Saturated raw values give exactly 0 and 1, which the encoder's checks accept.
-    model.raw_pseudo_inputs.assign(np.where(np.arange(5 * 36).reshape(5, *SHAPE) % 2, 200.0, -200.0))
+    model.prior_part.raw.assign(np.where(np.arange(5 * 36).reshape(5, *SHAPE) % 2, 200.0, -200.0))
     u = model.pseudo_inputs().numpy()
     assert set(np.unique(u)) == {0.0, 1.0}
     model.encode(u)                                                   # passes the [0, 1] check
@@ -125,9 +125,9 @@ def test_single_component_mog_is_a_learned_gaussian():
     model = make("mog_prior", k=1, latent_dim=3)
     rng = np.random.default_rng(3)
     mu, sigma = rng.normal(size=(1, 3)), np.array([[0.5, 1.3, 2.0]])
-    model.prior_locs.assign(mu.astype(np.float32))
-    model.prior_raw_scales.assign(raw_scale(sigma))
-    model.prior_logits.assign([2.7])                                   # irrelevant with one component
+    model.prior_part.locs.assign(mu.astype(np.float32))
+    model.prior_part.raw_scales.assign(raw_scale(sigma))
+    model.prior_part.logits.assign([2.7])                                   # irrelevant with one component
     z = rng.normal(size=(20, 3)).astype(np.float32)
     np.testing.assert_allclose(model.prior().log_prob(z).numpy(), norm_logpdf(z, mu, sigma).sum(-1), rtol=1e-5)
 
@@ -166,8 +166,8 @@ def test_training_with_one_component_equals_training_with_a_learned_gaussian_pri
     mog = make("mog_prior", k=1, seed=3)
     perturb(mog, 5)
     hand = tiny(GaussianPriorVAE, kl="monte_carlo", seed=3)
-    hand.loc.assign(mog.prior_locs.numpy()[0])
-    hand.raw.assign(mog.prior_raw_scales.numpy()[0])
+    hand.loc.assign(mog.prior_part.locs.numpy()[0])
+    hand.raw.assign(mog.prior_part.raw_scales.numpy()[0])
     for a, b in zip(hand.encoder_net.weights + hand.decoder_net.weights,
                     mog.encoder_net.weights + mog.decoder_net.weights):
         a.assign(b)
@@ -178,8 +178,8 @@ def test_training_with_one_component_equals_training_with_a_learned_gaussian_pri
     for key in ("loss", "elbo", "kl", "log_px_z"):
         np.testing.assert_allclose(runs[0][key], runs[1][key], rtol=1e-5, err_msg=key)
     assert runs[0]["loss"][-1] < runs[0]["loss"][0]
-    np.testing.assert_allclose(mog.prior_locs.numpy()[0], hand.loc.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(mog.prior_raw_scales.numpy()[0], hand.raw.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mog.prior_part.locs.numpy()[0], hand.loc.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mog.prior_part.raw_scales.numpy()[0], hand.raw.numpy(), rtol=1e-5, atol=1e-6)
     assert np.abs(hand.loc.numpy()).max() > 1e-3                      # the prior did learn
 
 
@@ -301,3 +301,46 @@ def test_presets_build_their_models(name, cls, size):
     model = build_model(preset.model)
     assert type(model) is cls and model.data_shape == (28, 28, 1)
     assert (model.num_pseudo_inputs if cls is VampVAE else model.num_components) == size
+
+
+# ---------------------------------------------------------------------- the flow prior
+def flow_prior_model(steps=2, seed=0, scale=0.0):
+    model = VAE(data_shape=SHAPE, latent_dim=2, encoder={"type": "mlp", "hidden": [8]}, seed=seed,
+                prior={"type": "flow", "flow_steps": steps, "made_hidden": [16]})
+    if scale:
+        rng = np.random.default_rng(seed)
+        for made in model.prior_made_steps:
+            for v in made.trainable_variables:
+                v.assign(v + rng.normal(0, scale, v.shape).astype("float32"))
+    return model
+
+
+def test_a_fresh_flow_prior_is_the_standard_normal():
+    model = flow_prior_model()
+    z = np.random.default_rng(1).normal(size=(7, 2)).astype("float32")
+    want = -0.5 * (z.astype(np.float64) ** 2).sum(1) - math.log(2 * math.pi)
+    np.testing.assert_allclose(model.prior().log_prob(z).numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_flow_prior_density_is_the_change_of_variables_through_its_made():
+    """One step, weights moved: log p(z) = log N(eps) - sum_i l_i(z), eps = (z - m(z)) exp(-l(z)),
+    m and l read off the MADE directly (not through TFP's bijector)."""
+    model = flow_prior_model(steps=1, scale=0.5)
+    z = np.random.default_rng(2).normal(size=(9, 2)).astype("float32")
+    output = model.prior_made_steps[0](tf.constant(z)).numpy().astype(np.float64)
+    shift, log_scale = output[..., 0], 5.0 * np.tanh(output[..., 1] / 5.0)
+    assert np.abs(log_scale).max() > 0.05                       # the flow is not the identity
+    eps = (z - shift) * np.exp(-log_scale)
+    want = -0.5 * (eps ** 2).sum(1) - math.log(2 * math.pi) - log_scale.sum(1)
+    np.testing.assert_allclose(model.prior().log_prob(z).numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_flow_prior_integrates_to_one():
+    """Two steps, weights moved: exp(log p) summed over a fine grid of the plane is 1."""
+    model = flow_prior_model(steps=2, scale=0.2, seed=3)
+    axis = np.linspace(-9, 9, 361)
+    grid = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2).astype("float32")
+    density = np.exp(model.prior().log_prob(grid).numpy().astype(np.float64))
+    assert density.sum() * (axis[1] - axis[0]) ** 2 == pytest.approx(1.0, abs=1e-2)
+    draws = model.prior().sample(2000, seed=[4, 5]).numpy()
+    assert np.isfinite(draws).all() and abs(draws.mean()) < 5

@@ -15,7 +15,7 @@ from tfvae.config import ConfigError
 from tfvae.export import export
 from tfvae.inference import importance_sampling
 from tfvae.models import VAE
-from tfvae.models.refine import refine_posterior
+from tfvae.parts.refine import refine_posterior
 from tfvae.models.sa_vae import SAVAE
 
 fold_in = tf.random.experimental.stateless_fold_in
@@ -52,7 +52,8 @@ def test_zero_refinement_steps_is_exactly_the_vae(generative_gradient):
         with tf.GradientTape() as tape:
             vae_loss, vae_terms = vae.objective_and_terms(x, training=True)
         vae_grads = tape.gradient(vae_loss, vae.trainable_variables)
-        sa_loss, sa_terms, sa_grads = sa.gradients(x, training=True)
+        sa_result, sa_grads = sa.gradients(x, training=True)
+        sa_loss, sa_terms = sa_result.value, sa_result.terms
         assert float(sa_loss) == float(vae_loss)
         for name in ("elbo", "log_px_z", "kl"):
             np.testing.assert_array_equal(sa_terms[name], vae_terms[name])
@@ -153,7 +154,7 @@ def test_the_encoder_gradient_goes_through_the_refinement(fixed):
     model, x, seed = fixed
     kernel = model.encoder_net.out.kernel
     direction = tf.random.stateless_normal(kernel.shape, [7, 0])
-    _, _, gradients = model.gradients(x, seed=seed, training=False)
+    _, gradients = model.gradients(x, seed=seed, training=False)
     analytic = float(tf.reduce_sum(gradients[variable_index(model, kernel)] * direction))
     numeric = central_difference(lambda: model.objective_and_terms(x, seed=seed)[0], kernel, direction)
     assert_matches(analytic, numeric)
@@ -171,15 +172,16 @@ def test_generative_gradients_total_and_partial(fixed):
     direction = tf.random.stateless_normal(kernel.shape, [8, 0])
     index = variable_index(model, kernel)
     # "total": the derivative of the K-step objective, lambda_K moving with theta.
-    _, _, gradients = model.gradients(x, seed=seed, training=False)
+    _, gradients = model.gradients(x, seed=seed, training=False)
     total = float(tf.reduce_sum(gradients[index] * direction))
     assert_matches(total, central_difference(lambda: model.objective_and_terms(x, seed=seed)[0], kernel, direction))
 
     # "partial": the derivative of the ELBO at lambda_K held fixed (a numpy constant here).
     partial_model = SAVAE.from_config({**model.get_config(), "generative_gradient": "partial"})
     partial_model.set_weights(model.get_weights())
-    loss, partial_terms, partial_gradients = partial_model.gradients(x, seed=seed, training=False)
-    assert "generative_loss" not in partial_terms
+    result, partial_gradients = partial_model.gradients(x, seed=seed, training=False)
+    loss, partial_terms = result.value, result.terms
+    assert "generative_loss" not in partial_terms and result.generative is not None
     _, refined = manual_loss(model, x, seed)
     fixed_q = model.posterior_family.distribution(tf.constant(refined.numpy()))
 

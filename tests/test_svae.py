@@ -87,7 +87,7 @@ def family_q(family, mu, kappa):
     mu, kappa = np.asarray(mu, np.float64), np.asarray(kappa, np.float64)
     raw_kappa = kappa - 1 + np.log(-np.expm1(-(kappa - 1)))          # softplus^-1
     params = np.concatenate([3.0 * mu, raw_kappa[:, None]], axis=1).astype("float32")
-    return FAMILIES[family].distribution(params)
+    return FAMILIES[family]().distribution(params)
 
 
 def unit_vectors(n, d, seed):

@@ -93,10 +93,10 @@ def test_default_range_and_base_without_x_for_a_standard_normal_prior():
 
 def test_mixture_prior_range_is_its_mean_plus_minus_span_stddevs():
     model = MoGPriorVAE(data_shape=(16,), latent_dim=2, components=3, encoder={"type": "mlp", "hidden": [8]})
-    model.prior_logits.assign([0.5, -1.0, 0.2])
+    model.prior_part.logits.assign([0.5, -1.0, 0.2])
     w = np.exp([0.5, -1.0, 0.2]) / np.exp([0.5, -1.0, 0.2]).sum()
-    mu = model.prior_locs.numpy().astype(np.float64)                             # [K, L]
-    s = softplus(model.prior_raw_scales.numpy().astype(np.float64)) + 1e-4
+    mu = model.prior_part.locs.numpy().astype(np.float64)                             # [K, L]
+    s = softplus(model.prior_part.raw_scales.numpy().astype(np.float64)) + 1e-4
     mean = w @ mu
     std = np.sqrt(w @ (s ** 2 + mu ** 2) - mean ** 2)                              # law of total variance
     plan = plan_traversal(model, num_steps=5, span=2.0)

@@ -5,7 +5,7 @@
 - `optimize_posterior`: a separate q*(z|x) per example (diag, full, flow);
 - `point_estimate` / `laplace_log_likelihood`: ML and MAP latents, Laplace's log p(x);
 - `refine_posterior`: semi-amortized, differentiable refinement of the encoder's q (it lives
-  in `tfvae.models.refine`, below the models, because the SA-VAE trains through it);
+  in `tfvae.parts.refine`, below the models, because the SA-VAE trains through it);
 - `active_units`: how many latent dimensions the encoder uses;
 - `gap_report`: the approximation / amortization decomposition (`tfvae gaps`).
 """
@@ -15,7 +15,7 @@ from tfvae.inference.importance import importance_sampling, log_likelihood
 from tfvae.inference.optimize import PosteriorFit, optimize_posterior
 from tfvae.inference.points import PointEstimate, laplace_log_likelihood, point_estimate
 from tfvae.inference.units import active_units
-from tfvae.models.refine import Refinement, refine_posterior
+from tfvae.parts.refine import Refinement, refine_posterior
 
 __all__ = ["PointEstimate", "PosteriorFit", "Refinement", "active_units", "evaluate", "format_gap_table",
            "gap_report", "importance_sampling", "laplace_log_likelihood", "log_likelihood", "optimize_posterior",

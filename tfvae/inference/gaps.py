@@ -38,7 +38,7 @@ from tfvae.inference.points import laplace_log_likelihood, point_estimate
 from tfvae.inference.units import active_units
 from tfvae.inputs import check_batch, check_condition, check_count
 from tfvae.io import atomic_write_text
-from tfvae.models.refine import refine_posterior
+from tfvae.parts.refine import refine_posterior
 
 IS_BATCH = 100          # examples per importance-sampling call
 

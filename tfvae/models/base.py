@@ -6,8 +6,9 @@ A model defines a prior p(z), a decoder p(x|z) and an amortized posterior q(z|x)
 
 `BaseVAE` builds the networks from config, returns TFP distributions from `prior`,
 `encode` and `decode`, computes the ELBO's terms, and trains with Keras `fit` through
-`train_step`/`test_step`. A variant overrides what differs: usually `objective_and_terms`
-(the loss it trains on), sometimes `prior` or the posterior family.
+`train_step`/`test_step`. A variant overrides what differs: its one training hook is `training_loss`
+(returning a `TrainingLoss`), with `training_scope` / `after_train_step` for a schedule or a
+second update; sometimes `prior` or the posterior family.
 
 Conventions: every log-density is in nats per example, summed over data dimensions;
 losses are means over the batch of per-example values; beta-like weights multiply the
@@ -33,18 +34,22 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae import steps
-from tfvae.config import NonNegativeInt, PositiveInt, Sizes, validate
-from tfvae.distributions import (LIKELIHOODS, DiagonalGaussianPosterior, build_likelihood, moments,
-                                 normalize_spec, standard_normal)
+from tfvae.config import ConfigError, NonNegativeInt, PositiveInt, Sizes, validate
+from tfvae.distributions import LIKELIHOODS, build_likelihood, moments, normalize_spec
 from tfvae.inputs import (RefusedBatch, as_float_tensor, check_batch, check_condition, check_sample_count,
                           checked_in_pipeline)
 from tfvae.nets import build_decoder, build_encoder, normalize_net_spec
+from tfvae.parts import build_part, check_parts
+from tfvae.parts.objectives import TrainingLoss
 from tfvae.replicas import apply_mean_gradients, replica_seed, step_logs
 from tfvae.seeds import as_seed
 
 tfd = tfp.distributions
 
 METRIC_NAMES = ("loss", "elbo", "log_px_z", "kl")
+# Methods of BaseVAE computed from `training_loss`, which a variant must not override.
+DERIVED_FROM_TRAINING_LOSS = ("objective_and_terms", "objective", "train_step", "test_step", "gradients", "_record")
+DEFAULT_PARTS = {"prior": "standard_normal", "posterior": "diagonal", "objective": "elbo"}
 
 
 DATA_BATCH = "a batch of the data set"     # names the checks `BaseVAE.checked_data` maps into a pipeline
@@ -63,6 +68,19 @@ def _data_errors_as_value_errors():
             raise
         parts = failed[0].strip()[1:-1].split("] [")       # "[message] [value] [value]"
         raise RefusedBatch(" ".join(parts)) from None
+
+
+def with_fixed_parts(name: str, base: dict, **parts) -> dict:
+    """`base` (a named variant's other arguments) with the parts the variant is made of: e.g.
+    `iwae` is the model with the objective {type: iwae, k, estimator}. A part of those kinds
+    given in `base` too is refused, naming the way to choose it."""
+    for kind, spec in parts.items():
+        if base.get(kind) in (DEFAULT_PARTS[kind], {"type": DEFAULT_PARTS[kind]}):
+            base = {key: value for key, value in base.items() if key != kind}    # the default, filled in
+        if kind in base:
+            raise ConfigError(f"model {name!r} is the {kind} {spec['type']!r} with its own settings, so it takes "
+                              f"no {kind!r}; for another {kind}, use class 'vae' with {kind}: {{type: ...}}")
+    return {**base, **parts}
 
 
 class BaseVAE(keras.Model):
@@ -90,21 +108,36 @@ class BaseVAE(keras.Model):
     arguments, so configs are checked against one list of them.
     """
 
-    posterior_family = DiagonalGaussianPosterior
-    # z ranges over R^latent_dim and p(z) has a density there, so the per-example Gaussian and
-    # flow posteriors and the point estimates of `tfvae.inference` apply. False for latents on a
-    # sphere (svae), a simplex (gumbel_vae) or a codebook (vqvae).
-    euclidean_latent = True
+    # The kinds of part ("prior", "posterior", "objective") a named variant fixes from its own
+    # arguments (`with_fixed_parts`): its config holds those arguments, not the parts.
+    fixed_parts: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        """A variant trains through `training_loss` only: overriding the methods derived from
+        it (or the step that calls it) would be silently bypassed or break the generic step."""
+        super().__init_subclass__(**kwargs)
+        derived = [name for name in DERIVED_FROM_TRAINING_LOSS if name in cls.__dict__]
+        if derived:
+            raise TypeError(f"{cls.__qualname__} overrides {', '.join(derived)}: a variant's training hook is "
+                            f"training_loss(x, condition, training, seed) -> TrainingLoss (its loss, per-example "
+                            f"terms and optional surrogates); after_train_step and training_scope cover a "
+                            f"second update and a mode (see docs/adding_a_part.md)")
+    # Names of the per-example terms of `training_loss` that fit logs besides loss, elbo, log_px_z, kl
+    # (a variant's own; the objective part's are added to them).
+    extra_metrics: tuple[str, ...] = ()
 
     def __init__(self, data_shape: Sizes = (28, 28, 1), latent_dim: PositiveInt = 50,
                  encoder: str | Mapping = "mlp", decoder: str | Mapping | None = None,
                  likelihood: str | Mapping = "bernoulli", condition_dim: NonNegativeInt = 0,
                  kl: Literal["analytic", "monte_carlo"] = "analytic", seed: int = 0,
-                 precision: Literal["float32", "mixed_bfloat16"] = "float32", name: str | None = None):
+                 precision: Literal["float32", "mixed_bfloat16"] = "float32",
+                 prior: str | Mapping = "standard_normal", posterior: str | Mapping = "diagonal",
+                 objective: str | Mapping = "elbo", name: str | None = None):
         super().__init__(name=name or getattr(type(self), "registered_name", "vae"))
         args = validate(BaseVAE, dict(data_shape=data_shape, latent_dim=latent_dim, encoder=encoder,
                                       decoder=decoder, likelihood=likelihood, condition_dim=condition_dim,
-                                      kl=kl, seed=seed, precision=precision, name=name), f"model {self.name!r}")
+                                      kl=kl, seed=seed, precision=precision, prior=prior, posterior=posterior,
+                                      objective=objective, name=name), f"model {self.name!r}")
         self.data_shape = tuple(args["data_shape"])
         self.latent_dim = args["latent_dim"]
         self.condition_dim = args["condition_dim"]
@@ -114,11 +147,21 @@ class BaseVAE(keras.Model):
         likelihood_spec = normalize_spec(args["likelihood"], LIKELIHOODS, "likelihood")
         self.seed = args["seed"]
         self.precision = args["precision"]
+        self.prior_part = build_part("prior", args["prior"])
+        self.posterior_part = build_part("posterior", args["posterior"])
+        self.objective_part = build_part("objective", args["objective"])
+        if not hasattr(self, "posterior_family"):      # a variant may bring its own family
+            self.posterior_family = self.posterior_part
+        # Keras' attribute: jit_compile="auto" (and tfvae's presets) leave XLA off unless every
+        # part samples with ops XLA has kernels for (not the Power Spherical's gamma draws).
+        self.supports_jit = all(getattr(part, "supports_jit", True)
+                                for part in (self.prior_part, self.posterior_part, self.objective_part))
         # Kept as JSON text: Keras would wrap a dict attribute in a tracking container.
         self._base_config_json = json.dumps(dict(
             data_shape=list(self.data_shape), latent_dim=self.latent_dim, encoder=encoder_spec,
             decoder=decoder_spec, likelihood=likelihood_spec, condition_dim=self.condition_dim,
-            kl=self.kl_mode, seed=self.seed, precision=self.precision))
+            kl=self.kl_mode, seed=self.seed, precision=self.precision, prior=self.prior_part.spec(),
+            posterior=self.posterior_part.spec(), objective=self.objective_part.spec()))
 
         self.likelihood = build_likelihood(likelihood_spec, self.data_shape)
         self.encoder_net = build_encoder(encoder_spec, self.data_shape, self.condition_dim, self.encoder_output_units())
@@ -131,8 +174,16 @@ class BaseVAE(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(args["seed"], name="sampling_seed")
         # Multiplies the KL term of the training objective; the KL warm-up callback ramps it 0 -> 1.
         self.kl_weight = self.add_weight(shape=(), initializer="ones", trainable=False, name="kl_weight")
-        self.trackers = {n: keras.metrics.Mean(name=n) for n in METRIC_NAMES}
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in (*METRIC_NAMES, *self.logged_terms)}
         self.build()
+
+    @property
+    def euclidean_latent(self) -> bool:
+        """z ranges over R^latent_dim and p(z) has a density there, so the per-example Gaussian
+        and flow posteriors and the point estimates of `tfvae.inference` apply: the posterior's
+        latent space is "euclidean". False for latents on a sphere (the spherical parts), a
+        simplex (gumbel_vae) or a codebook (vqvae)."""
+        return getattr(self.posterior_family, "latent_space", "euclidean") == "euclidean"
 
     # ----------------------------------------------------------------- network sizes
     # Hooks for variants whose networks do not map x -> q(z|x) and z -> p(x|z) over the whole
@@ -158,6 +209,9 @@ class BaseVAE(keras.Model):
             return
         for layer in (self.likelihood, self.encoder_net, self.decoder_net):
             layer.build()
+        for part in (self.prior_part, self.posterior_part, self.objective_part):
+            part.attach(self)
+        check_parts(self)
         self.build_variant()
         self.built = True
 
@@ -168,8 +222,12 @@ class BaseVAE(keras.Model):
         sub-layers only until the model is built."""
 
     def get_config(self):
-        # Plain Python containers only (JSON/YAML-safe); variants add their own keys.
-        return {**json.loads(self._base_config_json), "name": self.name}
+        # Plain Python containers only (JSON/YAML-safe); variants add their own keys. A named
+        # variant that fixes parts (`fixed_parts`) stores its own arguments instead.
+        config = {**json.loads(self._base_config_json), "name": self.name}
+        for kind in self.fixed_parts:
+            config.pop(kind)
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -181,8 +239,9 @@ class BaseVAE(keras.Model):
 
     # ----------------------------------------------------------------- distributions
     def prior(self) -> tfd.Distribution:
-        """p(z): N(0, I), event shape [latent_dim]."""
-        return standard_normal(self.latent_dim)
+        """p(z), event shape [latent_dim]: the prior part's (`prior:` in config; N(0, I) by
+        default)."""
+        return self.prior_part.distribution()
 
     def posterior_params(self, x, condition=None, training=False):
         """The encoder's raw output for x, [B, posterior_family.num_params(latent_dim)]:
@@ -285,16 +344,26 @@ class BaseVAE(keras.Model):
         return {"log_w": log_px_z + log_pz - log_qz, "log_px_z": log_px_z, "log_pz": log_pz,
                 "log_qz": log_qz, "posterior": q}
 
-    def objective_and_terms(self, x, condition=None, training=False):
-        """(scalar loss, per-example ELBO terms). The VAE loss is the negative ELBO with the
-        KL weighted by `kl_weight` (1 after warm-up), averaged over the batch."""
-        terms = self.elbo_terms(x, 1, condition, training=training)
-        weight = tf.cast(self.kl_weight, tf.float32)
-        return -tf.reduce_mean(terms["log_px_z"] - weight * terms["kl"]), terms
+    def training_loss(self, x, condition=None, training=False, seed=None) -> "TrainingLoss":
+        """The one hook of a variant: what it trains on, for a batch x [B, ...].
 
-    def objective(self, x, condition=None, training=False):
-        """The scalar loss this variant trains on."""
-        return self.objective_and_terms(x, condition, training)[0]
+        Returns a `TrainingLoss`: the scalar loss (a mean over the batch), the per-example
+        terms (at least `elbo`, `log_px_z`, `kl`, and every name in `extra_metrics`), and,
+        for an estimator that treats the encoder and the other variables differently, one
+        surrogate per group. By default the objective part's (`objective:` in config; "elbo":
+        the negative ELBO with the KL weighted by `kl_weight`, 1 after warm-up, from one
+        z ~ q(z|x) per example). `seed`: a stateless seed [2]; None draws from the model's
+        stream."""
+        return self.objective_part.loss(self, x, condition, training=training, seed=seed)
+
+    def objective_and_terms(self, x, condition=None, training=False, seed=None):
+        """(scalar loss, per-example terms) of `training_loss`."""
+        result = self.training_loss(x, condition, training=training, seed=seed)
+        return result.value, result.terms
+
+    def objective(self, x, condition=None, training=False, seed=None):
+        """The scalar loss this variant trains on (of `training_loss`)."""
+        return self.training_loss(x, condition, training=training, seed=seed).value
 
     # ----------------------------------------------------------------- fit
     def unpack(self, data):
@@ -310,18 +379,28 @@ class BaseVAE(keras.Model):
                              f"its data must yield (x, condition) pairs, e.g. labels=True")
         return data, None
 
-    def _record(self, loss, terms):
+    @property
+    def logged_terms(self) -> tuple[str, ...]:
+        """The terms `fit` logs besides loss, elbo, log_px_z and kl: the variant's
+        `extra_metrics`, then its objective part's."""
+        return tuple(dict.fromkeys((*self.extra_metrics, *self.objective_part.extra_metrics)))
+
+    def _record(self, loss, terms, updates=None):
+        """Updates the trackers (loss; elbo, log_px_z, kl and `extra_metrics` from `terms`, or
+        from `updates` where it has them) and returns the step's logs."""
+        updates = updates or {}
         self.trackers["loss"].update_state(loss)
-        for name in ("elbo", "log_px_z", "kl"):
-            self.trackers[name].update_state(terms[name])
+        for name in ("elbo", "log_px_z", "kl", *self.logged_terms):
+            self.trackers[name].update_state(updates[name] if name in updates else terms[name])
         return step_logs({name: tracker.result() for name, tracker in self.trackers.items()})
 
-    def split_gradients(self, tape, encoder_loss, generative_loss):
-        """Gradients aligned with `trainable_variables`: the encoder's variables take the
-        gradient of `encoder_loss`, every other variable that of `generative_loss` (one
-        backward pass when both are the same tensor; else the tape must be persistent). For
-        estimators that treat the two networks differently (DReG, PIWAE, SA-VAE)."""
-        variables = self.trainable_variables
+    def split_gradients(self, tape, encoder_loss, generative_loss, variables=None):
+        """Gradients aligned with `variables` (default `trainable_variables`): the encoder's
+        variables take the gradient of `encoder_loss`, every other variable that of
+        `generative_loss` (one backward pass when both are the same tensor; else the tape must
+        be persistent). For estimators that treat the two networks differently (DReG, PIWAE,
+        SA-VAE)."""
+        variables = self.trainable_variables if variables is None else variables
         if encoder_loss is generative_loss:
             return tape.gradient(encoder_loss, variables)
         encoder = {id(v) for v in self.encoder_net.trainable_variables}
@@ -332,18 +411,50 @@ class BaseVAE(keras.Model):
 
     @property
     def optimized_variables(self) -> list:
-        """The variables `self.optimizer` updates in `train_step`: all trainable ones here; a
-        variant whose step trains some of them with a second optimizer narrows the list."""
-        return self.trainable_variables
+        """The variables `self.optimizer` updates in `train_step`: all trainable ones but those
+        a part trains with an optimizer of its own (`Objective.separate_variables`, e.g.
+        FactorVAE's discriminator)."""
+        separate = {id(v) for v in self.objective_part.separate_variables(self)}
+        return [v for v in self.trainable_variables if id(v) not in separate]
+
+    def gradients(self, x, condition=None, training=True, seed=None):
+        """(result of `training_loss`, gradients aligned with `optimized_variables`): each variable's
+        gradient is that of its group's surrogate (the loss itself unless the variant gives
+        surrogates), plus that of any layer losses (regularizers)."""
+        variables = self.optimized_variables
+        with tf.GradientTape(persistent=True) as tape:
+            result = self.training_loss(x, condition, training=training, seed=seed)
+            inference = result.value if result.inference is None else result.inference
+            generative = result.value if result.generative is None else result.generative
+            if self.losses:
+                extra = tf.add_n(self.losses)
+                shared = inference is generative
+                inference = inference + extra
+                generative = inference if shared else generative + extra
+        gradients = self.split_gradients(tape, inference, generative, variables)
+        del tape
+        return result, gradients
+
+    def training_scope(self):
+        """A context manager entered around every training step, inside the compiled step: a
+        variant updates a schedule on entry (e.g. the Gumbel-softmax temperature) or holds a
+        mode while its loss is built (relaxed latents). The objective part's by default."""
+        return self.objective_part.training_scope(self)
+
+    def after_train_step(self, result) -> dict:
+        """Called after the update, inside the compiled step, with the step's `training_loss` result:
+        a variant's second update (a discriminator's optimizer step, an EMA codebook) goes
+        here. Returns metric values to record instead of those in `result.terms`. The
+        objective part's by default."""
+        return self.objective_part.after_train_step(self, result)
 
     def train_step(self, data):
         x, condition = self.unpack(data)
-        with tf.GradientTape() as tape:
-            loss, terms = self.objective_and_terms(x, condition, training=True)
-            total = loss + tf.add_n(self.losses) if self.losses else loss
-        gradients = tape.gradient(total, self.trainable_variables)
-        self.apply_gradients(gradients, self.trainable_variables)
-        return self._record(loss, terms)
+        with self.training_scope():
+            result, gradients = self.gradients(x, condition, training=True)
+            self.apply_gradients(gradients, self.optimized_variables)
+            updates = self.after_train_step(result)
+        return self._record(result.value, result.terms, updates)
 
     def apply_gradients(self, gradients, variables, optimizer=None):
         """One update of `variables` by `optimizer` (default: the compiled one) from their
@@ -354,8 +465,8 @@ class BaseVAE(keras.Model):
 
     def test_step(self, data):
         x, condition = self.unpack(data)
-        loss, terms = self.objective_and_terms(x, condition, training=False)
-        return self._record(loss, terms)
+        result = self.training_loss(x, condition, training=False)
+        return self._record(result.value, result.terms)
 
     # ----------------------------------------------------------------- fit, checked
     def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
@@ -462,9 +573,11 @@ class BaseVAE(keras.Model):
     # ----------------------------------------------------------------- conveniences
     def reconstruct(self, x, condition=None, training=False):
         """Mean of p(x | z = mean of q(z|x)), shape [B, *data_shape] (the mean estimated
-        from fixed draws when q has no closed form, e.g. a flow; see `moments`)."""
+        from fixed draws when q has no closed form, e.g. a flow; see `moments`), or the point
+        the posterior part decodes instead (`decode_point`: the mean direction on a sphere)."""
         q = self.encode(x, condition, training=training)
-        return self.decode(moments(q)[0], condition, training=training).mean()
+        point = self.posterior_family.decode_point(q) if hasattr(self.posterior_family, "decode_point") else moments(q)[0]
+        return self.decode(point, condition, training=training).mean()
 
     def sample(self, n: int, seed=None, condition=None, mean: bool = True):
         """n draws x ~ p(x|z), z ~ p(z); the means of p(x|z) when `mean` (images without

@@ -40,42 +40,17 @@ multiplies the whole penalty alpha * MI + beta * TC + gamma * dimwise_KL.
 The reported terms (`elbo`, `log_px_z`, `kl`) are the ordinary ELBO terms of the same draw
 of z (KL in closed form under kl="analytic", as for the VAE), plus `mi`, `tc` and
 `dimwise_kl` per example, which `fit` also reports as metrics. The estimator needs the
-per-dimension densities q(z_l | x_j), so the posterior must be a diagonal Gaussian (this
-variant's `posterior_family`).
+per-dimension densities q(z_l | x_j), so the posterior must be a diagonal Gaussian.
+
+The model `beta_tcvae` is the VAE with the objective part `beta_tcvae`
+(`tfvae.parts.disentangling`, where the estimator is).
 """
 from __future__ import annotations
 
-import math
-
-import keras
-import tensorflow as tf
-import tensorflow_probability as tfp
-
 from tfvae.config import NonNegativeFloat, PositiveInt, validate
-from tfvae.models.base import BaseVAE
+from tfvae.models.base import BaseVAE, with_fixed_parts
+from tfvae.parts.disentangling import minibatch_weighted_sampling
 from tfvae.registry import register
-
-tfd = tfp.distributions
-
-DECOMPOSITION = ("mi", "tc", "dimwise_kl")
-
-
-def minibatch_weighted_sampling(z, loc, scale, dataset_size):
-    """MWS estimates of log q(z_i) and log prod_l q(z_il), each [M], for z [M, L] with
-    z_i drawn from q(z|x_i) = N(loc_i, diag(scale_i^2)), loc and scale [M, L]:
-
-        log q(z_i)          = logsumexp_j sum_l log N(z_il; loc_jl, scale_jl) - log(N M)
-        log prod_l q(z_il)  = sum_l [logsumexp_j log N(z_il; loc_jl, scale_jl) - log(N M)]
-
-    N = dataset_size, M = the batch size (the leading dimension of z)."""
-    z, loc, scale = (tf.convert_to_tensor(t, tf.float32) for t in (z, loc, scale))
-    # log q(z_il | x_j) for every pair (i, j): [M (i), M (j), L].
-    log_q_pairs = tfd.Normal(loc=loc[tf.newaxis], scale=scale[tf.newaxis]).log_prob(z[:, tf.newaxis])
-    batch = tf.cast(tf.shape(z)[0], tf.float32)
-    log_nm = tf.math.log(batch) + math.log(float(dataset_size))
-    log_qz = tf.reduce_logsumexp(tf.reduce_sum(log_q_pairs, axis=-1), axis=1) - log_nm
-    log_prod_qzl = tf.reduce_sum(tf.reduce_logsumexp(log_q_pairs, axis=1) - log_nm, axis=-1)
-    return log_qz, log_prod_qzl
 
 
 @register("beta_tcvae")
@@ -90,56 +65,28 @@ class BetaTCVAE(BaseVAE):
       gamma: weight of the dimension-wise KL.
       dataset_size: N, the number of training examples, in the MWS normaliser log(N M).
         50000 is binarized MNIST's training split.
-      Other args as `BaseVAE`.
+      Other args as `BaseVAE` (but `objective`).
     """
+
+    fixed_parts = ("objective",)
 
     def __init__(self, alpha: NonNegativeFloat = 1.0, beta: NonNegativeFloat = 6.0, gamma: NonNegativeFloat = 1.0,
                  dataset_size: PositiveInt = 50_000, **base):
         args = validate(BetaTCVAE, dict(alpha=alpha, beta=beta, gamma=gamma, dataset_size=dataset_size),
                         "model 'beta_tcvae'", fill_defaults=False)
-        super().__init__(**base)
         self.alpha, self.beta, self.gamma = args["alpha"], args["beta"], args["gamma"]
         self.dataset_size = args["dataset_size"]
-
-    def build_variant(self):
-        """The three KL parts as extra training metrics."""
-        for name in DECOMPOSITION:
-            self.trackers[name] = keras.metrics.Mean(name=name)
+        super().__init__(**with_fixed_parts("beta_tcvae", base, objective={
+            "type": "beta_tcvae", "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma,
+            "dataset_size": self.dataset_size}))
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma,
                 "dataset_size": self.dataset_size}
 
     def kl_decomposition(self, q, z, log_qz):
-        """Per-example (mi, tc, dimwise_kl), each [B], for one draw z [B, L] from the
-        diagonal Gaussian q (batch shape [B]) with log q(z|x) [B]."""
-        log_q_agg, log_prod_q = minibatch_weighted_sampling(z, q.mean(), q.stddev(), self.dataset_size)
-        log_pz = self.prior().log_prob(z)
-        return {"mi": log_qz - log_q_agg, "tc": log_q_agg - log_prod_q, "dimwise_kl": log_prod_q - log_pz}
-
-    def objective_and_terms(self, x, condition=None, training=False, seed=None, posterior=None):
-        """(scalar loss, per-example terms) from one z ~ q per example.
-
-        terms: the ELBO terms of that draw (`log_px_z`, `kl`, `elbo`, as `elbo_terms(x, 1,
-        seed=seed)`) and the KL parts `mi`, `tc`, `dimwise_kl`.
-        """
-        q, z, log_qz, log_px_z = self._sample_posterior(x, 1, condition, seed, posterior, training)
-        kl = self.kl_term(q, z, log_qz)
-        log_px_z = tf.reduce_mean(log_px_z, axis=0)
-        parts = self.kl_decomposition(q, z[0], log_qz[0])
-        penalty = self.alpha * parts["mi"] + self.beta * parts["tc"] + self.gamma * parts["dimwise_kl"]
-        weight = tf.cast(self.kl_weight, tf.float32)
-        loss = -tf.reduce_mean(log_px_z - weight * penalty)
-        return loss, {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl, **parts}
-
-    def objective(self, x, condition=None, training=False, seed=None):
-        """The scalar loss (see `objective_and_terms`)."""
-        return self.objective_and_terms(x, condition, training, seed)[0]
-
-    def _record(self, loss, terms):
-        for name in DECOMPOSITION:
-            self.trackers[name].update_state(terms[name])
-        return super()._record(loss, terms)
+        """Per-example (mi, tc, dimwise_kl), each [B] (`BetaTCObjective.kl_decomposition`)."""
+        return self.objective_part.kl_decomposition(self, q, z, log_qz)
 
 
 __all__ = ["BetaTCVAE", "minibatch_weighted_sampling"]

@@ -11,13 +11,14 @@ optimizer steps, C = capacity * min(1, step / capacity_steps), with `step` the o
 iteration count at the start of the step; |KL - C| is taken on the batch-mean KL, as in
 Burgess et al.'s annealed objective. beta = 1 (beta form) is the VAE. `kl_weight` (the KL
 warm-up callback's ramp, 1 otherwise) multiplies the KL penalty of either form.
+
+The model `beta_vae` is the VAE with the objective part `elbo` (`tfvae.parts.objectives`)
+given these settings.
 """
 from __future__ import annotations
 
-import tensorflow as tf
-
 from tfvae.config import NonNegativeFloat, PositiveInt, validate
-from tfvae.models.base import BaseVAE
+from tfvae.models.base import BaseVAE, with_fixed_parts
 from tfvae.registry import register
 
 
@@ -31,18 +32,22 @@ class BetaVAE(BaseVAE):
         capacity form.
       capacity_steps: optimizer steps over which C rises from 0 to `capacity`.
       gamma: weight of |KL - C| in the capacity form.
-      Other args as `BaseVAE`.
+      Other args as `BaseVAE` (but `objective`).
 
     Outside `fit` (no compiled optimizer) the capacity annealing counts as finished: C = capacity.
     """
+
+    fixed_parts = ("objective",)
 
     def __init__(self, beta: NonNegativeFloat = 4.0, capacity: NonNegativeFloat | None = None,
                  capacity_steps: PositiveInt = 100_000, gamma: NonNegativeFloat = 1000.0, **base):
         args = validate(BetaVAE, dict(beta=beta, capacity=capacity, capacity_steps=capacity_steps, gamma=gamma),
                         "model 'beta_vae'", fill_defaults=False)
-        super().__init__(**base)
         self.beta, self.capacity = args["beta"], args["capacity"]
         self.capacity_steps, self.gamma = args["capacity_steps"], args["gamma"]
+        super().__init__(**with_fixed_parts("beta_vae", base, objective={
+            "type": "elbo", "beta": self.beta, "capacity": self.capacity, "capacity_steps": self.capacity_steps,
+            "gamma": self.gamma}))
 
     def get_config(self):
         return {**super().get_config(), "beta": self.beta, "capacity": self.capacity,
@@ -50,20 +55,7 @@ class BetaVAE(BaseVAE):
 
     def current_capacity(self):
         """C in nats at the current optimizer step (a float32 scalar tensor)."""
-        optimizer = getattr(self, "optimizer", None)
-        if optimizer is None:
-            return tf.constant(self.capacity, tf.float32)
-        step = tf.cast(optimizer.iterations, tf.float32)
-        return self.capacity * tf.minimum(1.0, step / float(self.capacity_steps))
-
-    def objective_and_terms(self, x, condition=None, training=False, seed=None):
-        """(scalar loss, per-example ELBO terms from one z ~ q per example)."""
-        terms = self.elbo_terms(x, 1, condition, seed=seed, training=training)
-        weight = tf.cast(self.kl_weight, tf.float32)
-        if self.capacity is None:
-            return -tf.reduce_mean(terms["log_px_z"] - (weight * self.beta) * terms["kl"]), terms
-        deviation = tf.abs(tf.reduce_mean(terms["kl"]) - self.current_capacity())
-        return -tf.reduce_mean(terms["log_px_z"]) + weight * self.gamma * deviation, terms
+        return self.objective_part.current_capacity(self)
 
 
 __all__ = ["BetaVAE"]

@@ -33,83 +33,16 @@ VAE's batch as well; with the same batch every example serves both losses.
 The bounds the model reports, evaluates and exports (`elbo_terms`, `log_weights`) are the
 VAE's; `fit` also reports `tc` (mean_b s(z_b)), `disc_loss` and `disc_accuracy`.
 `kl_weight` (the KL warm-up ramp, 1 otherwise) multiplies the KL only, not the TC penalty.
+
+The model `factor_vae` is the VAE with the objective part `factor` (`tfvae.parts.adversarial`).
 """
 from __future__ import annotations
 
-from typing import Annotated
-
-import keras
-import tensorflow as tf
-
-from tfvae import seeds
-from tfvae.config import ALL_POSITIVE, Check, NonNegativeFloat, validate
-from tfvae.models.base import BaseVAE
-from tfvae.optimizers import FusedAdam
+from tfvae.config import NonNegativeFloat, validate
+from tfvae.models.base import BaseVAE, with_fixed_parts
+from tfvae.parts.adversarial import (DISCRIMINATOR_BETAS, HiddenSizes, discriminator_step, discriminator_terms,
+                                     make_discriminator, make_discriminator_optimizer, permute_dims)
 from tfvae.registry import register
-from tfvae.replicas import apply_mean_gradients
-from tfvae.seeds import as_seed
-
-# Kim & Mnih train D with Adam(beta_1=0.5, beta_2=0.9).
-DISCRIMINATOR_BETAS = (0.5, 0.9)
-LEAKY_RELU_SLOPE = 0.2
-DISCRIMINATOR_METRICS = ("tc", "disc_loss", "disc_accuracy")
-
-HiddenSizes = Annotated[tuple[int, ...], ALL_POSITIVE, Check(lambda v: len(v) > 0, "at least one layer")]
-
-
-def permute_dims(z, seed):
-    """z [B, L] with each column permuted independently across the batch, [B, L]: rows of
-    the result are draws from the product of the batch's marginals. Column l is ordered by
-    argsort of stateless uniform noise [B, L] from `seed` (an int or a [2] int tensor), so
-    the permutation is reproducible and stays on the device."""
-    z = tf.convert_to_tensor(z)
-    noise = seeds.uniform(tf.shape(z), as_seed(seed))
-    order = tf.argsort(noise, axis=0)                                  # [B, L]: one permutation per column
-    # Gather along the batch axis, one column at a time: [L, B] with batch_dims over L.
-    permuted = tf.gather(tf.transpose(z), tf.transpose(order), axis=1, batch_dims=1)
-    return tf.transpose(permuted)
-
-
-def make_discriminator(latent_dim: int, hidden=(256, 256), name: str = "discriminator") -> keras.Sequential:
-    """The MLP D: z [B, latent_dim] -> logit s(z) [B, 1], LeakyReLU(0.2) hidden layers.
-    Always float32 (it is small, and its logit is a log density ratio)."""
-    layers = [keras.Input((latent_dim,), dtype="float32")]
-    for i, units in enumerate(hidden):
-        layers += [keras.layers.Dense(units, dtype="float32", name=f"dense_{i}"),
-                   keras.layers.LeakyReLU(LEAKY_RELU_SLOPE, dtype="float32", name=f"leaky_relu_{i}")]
-    layers.append(keras.layers.Dense(1, dtype="float32", name="logit"))
-    return keras.Sequential(layers, name=name)
-
-
-def discriminator_terms(discriminator, z, seed) -> dict:
-    """D's loss on a batch of samples z [B, L] of q(z): scalars `disc_loss` (the binary
-    cross-entropy, real z labelled 1, `permute_dims(z, seed)` labelled 0, halves weighted
-    1/2 each), `disc_accuracy` (the fraction of the 2B samples D classifies right) and
-    `tc` (mean_b s(z_b) on the real samples). z is stop_gradient-ed: the loss reaches D only."""
-    z = tf.stop_gradient(tf.cast(z, tf.float32))
-    real = tf.squeeze(discriminator(z), -1)
-    fake = tf.squeeze(discriminator(permute_dims(z, seed)), -1)
-    loss = 0.5 * (tf.reduce_mean(tf.nn.softplus(-real)) + tf.reduce_mean(tf.nn.softplus(fake)))
-    correct = tf.concat([tf.cast(real > 0, tf.float32), tf.cast(fake < 0, tf.float32)], axis=0)
-    return {"disc_loss": loss, "disc_accuracy": tf.reduce_mean(correct), "tc": tf.reduce_mean(real)}
-
-
-def discriminator_step(discriminator, optimizer, z, seed) -> dict:
-    """One update of D by `optimizer` on `discriminator_terms(discriminator, z, seed)`;
-    returns those terms (computed before the update). Under a distribution strategy the
-    update is that of the replicas' mean loss (`apply_mean_gradients`); each replica's z~
-    permutes its own share of the batch."""
-    variables = discriminator.trainable_variables
-    with tf.GradientTape() as tape:
-        terms = discriminator_terms(discriminator, z, seed)
-    apply_mean_gradients(optimizer, tape.gradient(terms["disc_loss"], variables), variables)
-    return terms
-
-
-def make_discriminator_optimizer(learning_rate: float, name: str = "discriminator_optimizer"):
-    """Adam(learning_rate, beta_1=0.5, beta_2=0.9), Kim & Mnih's optimizer for D."""
-    return FusedAdam(learning_rate=learning_rate, beta_1=DISCRIMINATOR_BETAS[0],
-                     beta_2=DISCRIMINATOR_BETAS[1], name=name)
 
 
 @register("factor_vae")
@@ -132,8 +65,10 @@ class FactorVAE(BaseVAE):
         size; the paper uses six layers of 1000 units.
       discriminator_learning_rate: learning rate of D's Adam (betas 0.5, 0.9), 1e-4 as in
         the paper.
-      Other args as `BaseVAE`.
+      Other args as `BaseVAE` (but `objective`).
     """
+
+    fixed_parts = ("objective",)
 
     def __init__(self, gamma: NonNegativeFloat = 35.0, discriminator_hidden: HiddenSizes = (256, 256),
                  discriminator_learning_rate: NonNegativeFloat = 1e-4, **base):
@@ -143,86 +78,19 @@ class FactorVAE(BaseVAE):
         self.gamma = args["gamma"]
         self.discriminator_learning_rate = args["discriminator_learning_rate"]
         self._discriminator_hidden = list(args["discriminator_hidden"])
-        super().__init__(**base)
-
-    def build_variant(self):
-        """D, its optimizer (built on D's variables now: a Keras optimizer creates its slots on
-        first use, which a compiled multi-step loop does not allow) and the extra metrics."""
-        self.discriminator = make_discriminator(self.latent_dim, self._discriminator_hidden)
-        self.discriminator_optimizer = make_discriminator_optimizer(self.discriminator_learning_rate)
-        self.discriminator_optimizer.build(self.discriminator.trainable_variables)
-        for name in DISCRIMINATOR_METRICS:
-            self.trackers[name] = keras.metrics.Mean(name=name)
+        super().__init__(**with_fixed_parts("factor_vae", base, objective={
+            "type": "factor", "gamma": self.gamma, "discriminator_hidden": self._discriminator_hidden,
+            "discriminator_learning_rate": self.discriminator_learning_rate}))
 
     def get_config(self):
         return {**super().get_config(), "gamma": self.gamma,
                 "discriminator_hidden": list(self._discriminator_hidden),
                 "discriminator_learning_rate": self.discriminator_learning_rate}
 
-    @property
-    def optimized_variables(self) -> list:
-        """The trainable variables the VAE loss updates: all but the discriminator's."""
-        excluded = {id(v) for v in self.discriminator.trainable_variables}
-        return [v for v in self.trainable_variables if id(v) not in excluded]
-
     def tc_logits(self, z):
         """D's logits s(z) = log D(z) / (1 - D(z)) ~= log q(z) - log prod_j q(z_j), [B] for z [B, L]."""
-        return tf.squeeze(self.discriminator(tf.cast(z, tf.float32)), -1)
-
-    def loss_terms_and_z(self, x, condition=None, training=False, seed=None, posterior=None):
-        """(scalar loss, per-example terms, z [B, L]) from one z ~ q(z|x) per example.
-
-        terms: `log_px_z`, `kl`, `elbo` (as `elbo_terms(x, 1, seed=seed)`) and `tc` = s(z_b), [B].
-        """
-        q, z, log_qz, log_px_z = self._sample_posterior(x, 1, condition, seed, posterior, training)
-        kl = self.kl_term(q, z, log_qz)
-        log_px_z = tf.reduce_mean(log_px_z, axis=0)
-        z = z[0]
-        tc = self.tc_logits(z)
-        weight = tf.cast(self.kl_weight, tf.float32)
-        loss = -tf.reduce_mean(log_px_z - weight * kl) + self.gamma * tf.reduce_mean(tc)
-        return loss, {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl, "tc": tc}, z
-
-    def objective_and_terms(self, x, condition=None, training=False, seed=None, posterior=None):
-        """(scalar VAE loss, per-example terms); see `loss_terms_and_z`."""
-        loss, terms, _ = self.loss_terms_and_z(x, condition, training, seed, posterior)
-        return loss, terms
-
-    def objective(self, x, condition=None, training=False, seed=None):
-        """The scalar VAE loss (see `objective_and_terms`)."""
-        return self.objective_and_terms(x, condition, training, seed)[0]
-
-    # ----------------------------------------------------------------- fit
-    def _seeds(self):
-        """(seed of z ~ q, seed of the permutation): one draw of the sampling stream per step,
-        as the VAE's step, so a twin VAE sees the same z."""
-        seed = self._seed(None)
-        return seed, tf.random.experimental.stateless_fold_in(seed, 1)
-
-    def train_step(self, data):
-        x, condition = self.unpack(data)
-        z_seed, permutation_seed = self._seeds()
-        variables = self.optimized_variables
-        with tf.GradientTape() as tape:
-            loss, terms, z = self.loss_terms_and_z(x, condition, training=True, seed=z_seed)
-            total = loss + tf.add_n(self.losses) if self.losses else loss
-        self.apply_gradients(tape.gradient(total, variables), variables)
-        disc = discriminator_step(self.discriminator, self.discriminator_optimizer, z, permutation_seed)
-        return self._record(loss, terms, disc)
-
-    def test_step(self, data):
-        x, condition = self.unpack(data)
-        z_seed, permutation_seed = self._seeds()
-        loss, terms, z = self.loss_terms_and_z(x, condition, training=False, seed=z_seed)
-        return self._record(loss, terms, discriminator_terms(self.discriminator, z, permutation_seed))
-
-    def _record(self, loss, terms, disc=None):
-        self.trackers["tc"].update_state(terms["tc"])
-        if disc is not None:
-            self.trackers["disc_loss"].update_state(disc["disc_loss"])
-            self.trackers["disc_accuracy"].update_state(disc["disc_accuracy"])
-        return super()._record(loss, terms)
+        return self.objective_part.tc_logits(self, z)
 
 
-__all__ = ["FactorVAE", "discriminator_step", "discriminator_terms", "make_discriminator",
+__all__ = ["DISCRIMINATOR_BETAS", "FactorVAE", "discriminator_step", "discriminator_terms", "make_discriminator",
            "make_discriminator_optimizer", "permute_dims"]

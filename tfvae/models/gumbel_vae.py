@@ -311,7 +311,7 @@ class RelaxedLatentVAE(BaseVAE):
 
     @contextlib.contextmanager
     def relaxed_latents(self):
-        """Within this block (and in `train_step`), distributions over the categorical latents
+        """Within this block (and in every training step: `training_scope`), distributions over the categorical latents
         are the relaxed ones. Read when a distribution is built (at trace time in a graph)."""
         self._relaxing += 1
         try:
@@ -338,10 +338,13 @@ class RelaxedLatentVAE(BaseVAE):
         """The stored temperature (a float32 scalar tensor)."""
         return tf.cast(self.temperature, tf.float32)
 
-    def train_step(self, data):
+    @contextlib.contextmanager
+    def training_scope(self):
+        """Each training step sets the temperature of its step, then builds its loss on the
+        relaxed latents."""
         self.temperature.assign(self.scheduled_temperature(self.optimizer.iterations))
         with self.relaxed_latents():
-            return super().train_step(data)
+            yield
 
 
 @register("gumbel_vae")

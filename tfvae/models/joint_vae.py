@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import math
 
-import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, validate
 from tfvae.distributions import DiagonalGaussianPosterior, standard_normal
+from tfvae.models.base import TrainingLoss
 from tfvae.models.gumbel_vae import CategoricalProduct, CategorySizes, EvaluateAs, RelaxedLatentVAE
 from tfvae.registry import register
 
@@ -168,6 +168,8 @@ class JointVAE(RelaxedLatentVAE):
     C_max = 5 nats for both parts over 25,000 steps, gamma = 30, temperature 0.67.
     """
 
+    extra_metrics = KL_PARTS
+
     def __init__(self, continuous_dim: NonNegativeInt = 10, categories: CategorySizes = (10,),
                  gamma_c: NonNegativeFloat = 30.0, gamma_d: NonNegativeFloat = 30.0,
                  capacity_c: NonNegativeFloat = 5.0, capacity_d: NonNegativeFloat = 5.0,
@@ -193,12 +195,6 @@ class JointVAE(RelaxedLatentVAE):
         self.capacity_steps = args["capacity_steps"]
         self._set_latent_settings(args["tau0"], args["tau_min"], args["anneal_rate"], args["evaluate_as"], where)
         super().__init__(latent_dim=size, **base)
-
-    def build_variant(self):
-        """The temperature weight, and the two KLs as training metrics."""
-        super().build_variant()
-        for name in KL_PARTS:
-            self.trackers[name] = keras.metrics.Mean(name=name)
 
     def get_config(self):
         return {**super().get_config(), "continuous_dim": self.continuous_dim, "categories": list(self.categories),
@@ -264,8 +260,8 @@ class JointVAE(RelaxedLatentVAE):
         c_d = tf.minimum(capacity_schedule(step, self.capacity_d, self.capacity_steps), self.max_discrete_kl())
         return c_c, c_d
 
-    def objective_and_terms(self, x, condition=None, training=False, seed=None):
-        """(scalar loss, per-example terms) from one z ~ q per example.
+    def training_loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+        """The capacity loss from one z ~ q per example.
 
         terms: `log_px_z`, `kl` = KL_c + KL_d, `elbo` = log_px_z - kl, and `kl_continuous`,
         `kl_discrete`, each [B].
@@ -281,17 +277,8 @@ class JointVAE(RelaxedLatentVAE):
             penalty += self.gamma_d * tf.abs(tf.reduce_mean(kl_d) - c_d)
         loss = -tf.reduce_mean(log_px_z) + tf.cast(self.kl_weight, tf.float32) * penalty
         kl = kl_c + kl_d
-        return loss, {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl,
-                      "kl_continuous": kl_c, "kl_discrete": kl_d}
-
-    def objective(self, x, condition=None, training=False, seed=None):
-        """The scalar loss (see `objective_and_terms`)."""
-        return self.objective_and_terms(x, condition, training, seed)[0]
-
-    def _record(self, loss, terms):
-        for name in KL_PARTS:
-            self.trackers[name].update_state(terms[name])
-        return super()._record(loss, terms)
+        return TrainingLoss(loss, {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl,
+                                   "kl_continuous": kl_c, "kl_discrete": kl_d})
 
 
 __all__ = ["ConcatenatedLatents", "JointPosterior", "JointVAE", "capacity_schedule"]

@@ -16,52 +16,30 @@ export use `prior().log_prob`; the prior is built from the weights inside every 
 """
 from __future__ import annotations
 
-import keras
-import tensorflow as tf
-import tensorflow_probability as tfp
-
 from tfvae.config import PositiveInt, validate
-from tfvae.distributions import positive_scale, raw_scale
-from tfvae.models.base import BaseVAE
+from tfvae.models.base import BaseVAE, with_fixed_parts
 from tfvae.registry import register
-
-tfd = tfp.distributions
 
 
 @register("mog_prior")
 class MoGPriorVAE(BaseVAE):
-    """VAE whose prior is a learned mixture of K diagonal Gaussians.
+    """VAE whose prior is a learned mixture of K diagonal Gaussians (the prior part `mixture`).
 
     Args:
       components: K, the number of mixture components.
-      Others as `BaseVAE`.
+      Others as `BaseVAE` (but `prior`).
     """
+
+    fixed_parts = ("prior",)
 
     def __init__(self, components: PositiveInt = 10, **base):
         self.num_components = validate(MoGPriorVAE, {"components": components}, "model 'mog_prior'",
                                        fill_defaults=False)["components"]
-        super().__init__(**base)
-
-    def build_variant(self):
-        """The mixture's logits, means and raw scales."""
-        shape = (self.num_components, self.latent_dim)
-        self.prior_logits = self.add_weight(shape=(self.num_components,), initializer="zeros",
-                                            name="prior_logits")
-        self.prior_locs = self.add_weight(
-            shape=shape, initializer=keras.initializers.RandomNormal(stddev=1.0, seed=self.seed),
-            name="prior_locs")
-        self.prior_raw_scales = self.add_weight(
-            shape=shape, initializer=keras.initializers.Constant(float(raw_scale(1.0))),
-            name="prior_raw_scales")
+        super().__init__(**with_fixed_parts("mog_prior", base, prior={"type": "mixture",
+                                                                       "components": self.num_components}))
 
     def get_config(self):
         return {**super().get_config(), "components": self.num_components}
 
-    def prior(self) -> tfd.Distribution:
-        """p(z) = sum_k softmax(logits)_k N(z; mu_k, diag(sigma_k^2)); batch shape [],
-        event shape [latent_dim]."""
-        components = tfd.MultivariateNormalDiag(
-            loc=tf.cast(self.prior_locs, tf.float32),
-            scale_diag=positive_scale(tf.cast(self.prior_raw_scales, tf.float32)))
-        weights = tfd.Categorical(logits=tf.cast(self.prior_logits, tf.float32))
-        return tfd.MixtureSameFamily(mixture_distribution=weights, components_distribution=components)
+
+__all__ = ["MoGPriorVAE"]

@@ -19,103 +19,64 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import tensorflow as tf
-
 from tfvae.config import UNIT_INTERVAL, PositiveInt, validate
-from tfvae.models.iwae import GENERATIVE, INFERENCE, MultiSampleVAE, log_mean_exp
+from tfvae.models.base import BaseVAE, with_fixed_parts
 from tfvae.registry import register
 
 UnitFloat = Annotated[float, UNIT_INTERVAL]
 
 
 @register("miwae")
-class MIWAE(MultiSampleVAE):
+class MIWAE(BaseVAE):
     """Multiply importance weighted autoencoder: maximises MIWAE_{M,K}, the mean of M
-    independent IWAE_K bounds per example (M*K samples in all).
+    independent IWAE_K bounds per example (M*K samples in all): the VAE with the objective part
+    `miwae`.
 
     Args:
       m: M, the number of independent IWAE_K bounds averaged.
       k: K, the importance samples inside each bound.
-      Other args as `BaseVAE`.
+      Other args as `BaseVAE` (but `objective`).
     """
 
+    fixed_parts = ("objective",)
+
     def __init__(self, m: PositiveInt = 8, k: PositiveInt = 8, **base):
-        args = validate(MIWAE, dict(m=m, k=k), f"model {type(self).registered_name!r}", fill_defaults=False)
-        super().__init__(**base)
+        name = type(self).registered_name
+        args = validate(MIWAE, dict(m=m, k=k), f"model {name!r}", fill_defaults=False)
         self.m, self.k = args["m"], args["k"]
+        super().__init__(**with_fixed_parts(name, base, objective={"type": name, "m": self.m, "k": self.k}))
 
     def get_config(self):
         return {**super().get_config(), "m": self.m, "k": self.k}
-
-    def grouped_log_weights(self, x, condition, training, seed):
-        """(log-weights [M, K, B], ELBO terms) from M*K samples drawn with one seed."""
-        draws = self.draw_weights(x, self.m * self.k, condition, seed, training)
-        return tf.reshape(draws["log_w"], [self.m, self.k, -1]), draws["terms"]
-
-    @staticmethod
-    def miwae_bound(log_w):
-        """MIWAE_{M,K} per example from log-weights [M, K, B]: mean over M of IWAE_K."""
-        return tf.reduce_mean(log_mean_exp(log_w, axis=1), axis=0)
-
-    def group_objectives(self, x, condition=None, training=False, seed=None):
-        """loss = -mean_B MIWAE_{M,K}, the surrogate of both groups."""
-        log_w, terms = self.grouped_log_weights(x, condition, training, seed)
-        loss = -tf.reduce_mean(self.miwae_bound(log_w))
-        return loss, {INFERENCE: loss, GENERATIVE: loss}, terms
 
 
 @register("piwae")
 class PIWAE(MIWAE):
     """Partially importance weighted autoencoder: the generative network trained on
-    IWAE_{M*K}, the inference network on MIWAE_{M,K}.
-
-    Both from the same M*K samples; the generative network is the decoder and the likelihood's
-    parameters, the inference network the encoder. The reported loss is -IWAE_{M*K}, the bound the generative
-    model is fitted to; `objective_and_terms`'s own gradient is that of IWAE_{M*K} for every
-    variable, `train_step` uses the split. Args as `MIWAE`.
-    """
-
-    def group_objectives(self, x, condition=None, training=False, seed=None):
-        log_w, terms = self.grouped_log_weights(x, condition, training, seed)
-        generative = -tf.reduce_mean(log_mean_exp(tf.reshape(log_w, [self.m * self.k, -1]), axis=0))
-        inference = -tf.reduce_mean(self.miwae_bound(log_w))
-        return generative, {INFERENCE: inference, GENERATIVE: generative}, terms
+    IWAE_{M*K}, the inference network on MIWAE_{M,K} (the objective part `piwae`). Args as
+    `MIWAE`."""
 
 
 @register("ciwae")
-class CIWAE(MultiSampleVAE):
-    """Combination importance weighted autoencoder: maximises
-    beta * ELBO + (1 - beta) * IWAE_K from the same K samples.
-
-    The ELBO term is mean_k log p(x|z_k) - KL(q || p), the KL analytic when available (as in
-    the VAE; an unbiased, lower-variance estimate of the same ELBO as the paper's
-    mean_k log w_k, which is what kl="monte_carlo" gives), so beta = 1 is the VAE's loss
-    (exactly so at K = 1) and beta = 0 is IWAE_K.
+class CIWAE(BaseVAE):
+    """Combination importance weighted autoencoder: maximises beta * ELBO + (1 - beta) * IWAE_K
+    from the same K samples (the objective part `ciwae`).
 
     Args:
       k: K, importance samples per example.
       beta: weight of the ELBO, in [0, 1].
-      Other args as `BaseVAE`.
+      Other args as `BaseVAE` (but `objective`).
     """
 
+    fixed_parts = ("objective",)
+
     def __init__(self, k: PositiveInt = 64, beta: UnitFloat = 0.5, **base):
-        args = validate(CIWAE, dict(k=k, beta=beta), f"model {type(self).registered_name!r}", fill_defaults=False)
-        super().__init__(**base)
+        args = validate(CIWAE, dict(k=k, beta=beta), "model 'ciwae'", fill_defaults=False)
         self.k, self.beta = args["k"], args["beta"]
+        super().__init__(**with_fixed_parts("ciwae", base, objective={"type": "ciwae", "k": self.k, "beta": self.beta}))
 
     def get_config(self):
         return {**super().get_config(), "k": self.k, "beta": self.beta}
-
-    def group_objectives(self, x, condition=None, training=False, seed=None):
-        """loss = -(beta * mean_B ELBO + (1 - beta) * mean_B IWAE_K), with the KL of the ELBO
-        weighted by kl_weight as in the VAE; the surrogate of both groups."""
-        draws = self.draw_weights(x, self.k, condition, seed, training)
-        terms = draws["terms"]
-        weight = tf.cast(self.kl_weight, terms["kl"].dtype)
-        elbo = tf.reduce_mean(terms["log_px_z"] - weight * terms["kl"])
-        iwae = tf.reduce_mean(log_mean_exp(draws["log_w"]))
-        loss = -(self.beta * elbo + (1.0 - self.beta) * iwae)
-        return loss, {INFERENCE: loss, GENERATIVE: loss}, terms
 
 
 __all__ = ["CIWAE", "MIWAE", "PIWAE"]

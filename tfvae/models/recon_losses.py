@@ -49,235 +49,22 @@ The loss is NOT a bound on log p(x). The decoder still defines a proper likeliho
 likelihood head. The loss trains the head only through its mean, never its log-density,
 so expect worse ELBOs and log p(x) than a VAE with the same networks. `fit` reports the
 per-example `recon_loss` (unweighted) as an extra metric.
+
+The models `mssim_vae` and `logcosh_vae` are the VAE with the objective parts `mssim` and
+`logcosh` (`tfvae.parts.reconstruction`, where the losses are).
 """
 from __future__ import annotations
 
-import math
-from typing import Annotated
-
-import keras
-import numpy as np
-import tensorflow as tf
-
-from tfvae.config import (Check, ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, Sizes, validate)
-from tfvae.inputs import check_batch
-from tfvae.models.base import BaseVAE
+from tfvae.config import NonNegativeFloat, PositiveFloat, PositiveInt, Sizes, validate
+from tfvae.models.base import BaseVAE, with_fixed_parts
+from tfvae.parts.reconstruction import (SMALL_IMAGE_POWER_FACTORS, WANG_POWER_FACTORS, PowerFactors,
+                                        check_mssim_image_shape, gaussian_window, log_cosh, log_cosh_loss, ms_ssim,
+                                        ms_ssim_loss)
 from tfvae.registry import register
-
-WANG_POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)   # 5 scales, Wang et al. 2003
-# The first three, renormalised to sum to 1: the default for 28x28 and 64x64 images.
-SMALL_IMAGE_POWER_FACTORS = tuple(w / sum(WANG_POWER_FACTORS[:3]) for w in WANG_POWER_FACTORS[:3])
-
-PowerFactors = Annotated[tuple[float, ...], Check(lambda v: len(v) > 0 and all(w > 0 for w in v),
-                                                   "non-empty, all entries > 0")]
-
-
-# ---------------------------------------------------------------------------- log-cosh
-def log_cosh(u):
-    """log cosh(u) elementwise, as |u| + softplus(-2|u|) - log 2: finite for any finite u,
-    with gradient tanh(u)."""
-    u = tf.abs(u)
-    return u + tf.nn.softplus(-2.0 * u) - math.log(2.0)
-
-
-def log_cosh_loss(x, x_hat, a: float = 10.0, event_ndims: int | None = None):
-    """sum over the event dims of (1/a) log cosh(a (x_hat - x)).
-
-    Args:
-      x, x_hat: [B, *event_shape] (float32 or float64; x_hat's dtype is kept).
-      a: the sharpness a > 0.
-      event_ndims: how many trailing axes to sum over; None: all but the first.
-    Returns:
-      [B] per-example losses.
-    """
-    x_hat = tf.convert_to_tensor(x_hat)
-    x = tf.cast(x, x_hat.dtype)
-    event_ndims = x_hat.shape.rank - 1 if event_ndims is None else event_ndims
-    per_dim = log_cosh(a * (x_hat - x)) / a
-    return tf.reduce_sum(per_dim, axis=list(range(-event_ndims, 0)))
-
-
-# ---------------------------------------------------------------------------- MS-SSIM
-def gaussian_window(size: int, sigma: float) -> np.ndarray:
-    """The normalised size x size Gaussian window exp(-(i^2 + j^2) / (2 sigma^2)), with i, j
-    centred offsets (half-integers for an even size), as `tf.image.ssim`'s filter."""
-    offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
-    g = np.exp(-0.5 * (offsets[:, None] ** 2 + offsets[None, :] ** 2) / sigma ** 2)
-    return g / g.sum()
-
-
-def scale_sizes(height: int, width: int, scales: int) -> list[tuple[int, int]]:
-    """(height, width) at each of `scales` scales: each halves the sides, rounding up."""
-    sizes = [(height, width)]
-    for _ in range(scales - 1):
-        h, w = sizes[-1]
-        sizes.append(((h + 1) // 2, (w + 1) // 2))
-    return sizes
-
-
-def check_mssim_image_shape(data_shape, scales: int, filter_size: int, where: str = "MS-SSIM"):
-    """Raises ConfigError unless data_shape is (H, W, C) and every one of `scales` scales is
-    at least filter_size x filter_size (the window is applied without padding)."""
-    data_shape = tuple(data_shape)
-    if len(data_shape) != 3:
-        raise ConfigError(f"{where}: MS-SSIM needs images shaped (height, width, channels), got data_shape "
-                          f"{data_shape}")
-    height, width, _ = data_shape
-    sizes = scale_sizes(height, width, scales)
-    if min(sizes[-1]) < filter_size:
-        usable = sum(1 for h, w in scale_sizes(height, width, 64) if min(h, w) >= filter_size)
-        advice = (f"at most {usable} scale(s) (power_factors of length {usable}) fit with filter_size {filter_size}"
-                  if usable else f"use a filter_size of at most {min(height, width)}")
-        raise ConfigError(
-            f"{where}: {height}x{width} images are too small for {scales} scales with filter_size {filter_size}: "
-            f"scale {scales - 1} is {sizes[-1][0]}x{sizes[-1][1]}, smaller than the {filter_size}x{filter_size} "
-            f"window; {advice}, or use a smaller filter_size.")
-
-
-def _downsample(images):
-    """2x2 average pooling of [N, H, W, C] (static H, W); an odd side is first padded by
-    repeating its last row/column (mirror padding, as tf.image.ssim_multiscale)."""
-    height, width = images.shape[1], images.shape[2]
-    if height % 2 or width % 2:
-        images = tf.pad(images, [[0, 0], [0, height % 2], [0, width % 2], [0, 0]], mode="SYMMETRIC")
-    return tf.nn.avg_pool2d(images, ksize=2, strides=2, padding="VALID")
-
-
-def _ssim_and_cs(x, y, window, max_val: float, k1: float, k2: float):
-    """Mean SSIM and mean contrast-structure term over the window positions (no padding),
-    each [N, C], for x, y [N, H, W, C] and window [f, f, C, 1]."""
-    def local_mean(t):
-        return tf.nn.depthwise_conv2d(t, window, strides=[1, 1, 1, 1], padding="VALID")
-
-    c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
-    mu_x, mu_y = local_mean(x), local_mean(y)
-    mu_xy = mu_x * mu_y
-    luminance = (2.0 * mu_xy + c1) / (tf.square(mu_x) + tf.square(mu_y) + c1)
-    # sigma_xy = E[xy] - mu_x mu_y and sigma_x^2 + sigma_y^2 = E[x^2 + y^2] - mu_x^2 - mu_y^2
-    cs = ((2.0 * (local_mean(x * y) - mu_xy) + c2)
-          / (local_mean(tf.square(x) + tf.square(y)) - tf.square(mu_x) - tf.square(mu_y) + c2))
-    return tf.reduce_mean(luminance * cs, axis=[1, 2]), tf.reduce_mean(cs, axis=[1, 2])
-
-
-def _clipped_power(value, power: float):
-    """max(value, 0) ** power, with gradient 0 (not NaN) where value <= 0."""
-    positive = value > 0
-    return tf.where(positive, tf.pow(tf.where(positive, value, tf.ones_like(value)), power), tf.zeros_like(value))
-
-
-def ms_ssim(x, y, power_factors=SMALL_IMAGE_POWER_FACTORS, filter_size: int = 7, filter_sigma: float = 1.0,
-            max_val: float = 1.0, k1: float = 0.01, k2: float = 0.03):
-    """Multi-scale SSIM of image pairs, with the value of `tf.image.ssim_multiscale` (same
-    arguments) but no host-side assert in the graph.
-
-    Args:
-      x, y: [..., H, W, C] images of the same shape, with static H, W, C (x is cast to
-        y's dtype).
-      power_factors: the weight w_s of each scale; their number is the number of scales.
-      filter_size, filter_sigma: the Gaussian window (size x size, standard deviation).
-      max_val: the dynamic range of the pixel values (1 for data in [0, 1]).
-    Returns:
-      [...] MS-SSIM per image: prod_s max(cs_s, 0)^{w_s} (s < last) * max(ssim_last, 0)^{w_last},
-      averaged over channels; 1 for identical images.
-    Raises:
-      ConfigError: the images are not (H, W, C) or too small for the scales and window.
-    """
-    y = tf.convert_to_tensor(y)
-    x = tf.cast(x, y.dtype)
-    image_shape = tuple(y.shape[-3:])
-    if y.shape.rank is None or y.shape.rank < 3 or None in image_shape:
-        raise ConfigError(f"MS-SSIM needs images [..., height, width, channels] with a static shape, got {y.shape}")
-    power_factors = tuple(float(w) for w in power_factors)
-    check_mssim_image_shape(image_shape, len(power_factors), filter_size)
-    leading = tf.shape(y)[:-3]
-    x, y = (tf.reshape(t, (-1, *image_shape)) for t in (x, y))
-    window = gaussian_window(filter_size, filter_sigma)[:, :, None, None]
-    window = tf.constant(np.tile(window, (1, 1, image_shape[-1], 1)), y.dtype)
-    factors = []
-    for s, power in enumerate(power_factors):
-        if s > 0:
-            x, y = _downsample(x), _downsample(y)
-        ssim, cs = _ssim_and_cs(x, y, window, max_val, k1, k2)
-        factors.append(_clipped_power(ssim if s == len(power_factors) - 1 else cs, power))
-    per_channel = tf.reduce_prod(tf.stack(factors, axis=-1), axis=-1)           # [N, C]
-    return tf.reshape(tf.reduce_mean(per_channel, axis=-1), leading)
-
-
-def ms_ssim_loss(x, x_hat, **ms_ssim_args):
-    """1 - MS-SSIM(x, x_hat) per image, [...] for images [..., H, W, C]; in [0, 1], 0 for
-    identical images. Keyword arguments as `ms_ssim`."""
-    return 1.0 - ms_ssim(x, x_hat, **ms_ssim_args)
-
-
-# ---------------------------------------------------------------------------- models
-class ReconstructionLossVAE(BaseVAE):
-    """A VAE whose loss replaces -log p(x|z) by recon_weight * recon_loss(x, E[x|z]):
-
-        loss = mean_b[recon_weight * recon_loss(x_b, x_hat_b) + kl_weight * beta * KL(q(z|x_b) || p(z))]
-
-    with one reparameterised z ~ q(z|x_b) per example and x_hat_b the mean of p(x|z) there.
-    The loss is not a bound on log p(x); the reported `elbo`, `log_px_z` and `kl` are those
-    of the likelihood head for the same z (see the module docstring). Subclasses define
-    `reconstruction_loss` and may set a data-dependent `default_recon_weight`.
-
-    Args:
-      beta: weight of the KL.
-      recon_weight: weight of the reconstruction loss; None: `default_recon_weight()`.
-      Other args as `BaseVAE`.
-    """
-
-    def __init__(self, beta: NonNegativeFloat = 1.0, recon_weight: PositiveFloat | None = None, **base):
-        args = validate(ReconstructionLossVAE, dict(beta=beta, recon_weight=recon_weight),
-                        f"model {getattr(type(self), 'registered_name', 'vae')!r}", fill_defaults=False)
-        super().__init__(**base)
-        self.beta, self.recon_weight = args["beta"], args["recon_weight"]
-
-    def build_variant(self):
-        self.trackers["recon_loss"] = keras.metrics.Mean(name="recon_loss")
-
-    def get_config(self):
-        return {**super().get_config(), "beta": self.beta, "recon_weight": self.recon_weight}
-
-    def default_recon_weight(self) -> float:
-        """The weight used when recon_weight is None."""
-        return 1.0
-
-    @property
-    def effective_recon_weight(self) -> float:
-        return self.default_recon_weight() if self.recon_weight is None else self.recon_weight
-
-    def reconstruction_loss(self, x, x_hat):
-        """Per-example reconstruction loss [B] of x_hat [B, *data_shape] against x."""
-        raise NotImplementedError
-
-    def objective_and_terms(self, x, condition=None, training=False, seed=None):
-        """(scalar loss, per-example terms [B]) from one z ~ q(z|x) per example.
-
-        terms: `log_px_z`, `kl`, `elbo` of the likelihood head at that z (as `elbo_terms(x, 1,
-        seed=seed)`), and `recon_loss`, the unweighted reconstruction loss of its mean.
-        """
-        x = check_batch(x, self.data_shape, "x", self.likelihood.support)
-        q = self.encode(x, condition, training=training)
-        z, log_qz = q.experimental_sample_and_log_prob(1, seed=self._seed(seed))      # [1, B, L], [1, B]
-        p = self.decode(z, condition, training=training)                              # batch shape [1, B]
-        log_px_z = p.log_prob(x)[0]
-        recon = self.reconstruction_loss(x, p.mean()[0])
-        kl = self.kl_term(q, z, log_qz)
-        weight = tf.cast(self.kl_weight, tf.float32)
-        loss = tf.reduce_mean(self.effective_recon_weight * recon + (weight * self.beta) * kl)
-        return loss, {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl, "recon_loss": recon}
-
-    def objective(self, x, condition=None, training=False, seed=None):
-        """The scalar loss (see `objective_and_terms`)."""
-        return self.objective_and_terms(x, condition, training, seed)[0]
-
-    def _record(self, loss, terms):
-        self.trackers["recon_loss"].update_state(terms["recon_loss"])
-        return super()._record(loss, terms)
 
 
 @register("mssim_vae")
-class MSSIMVAE(ReconstructionLossVAE):
+class MSSIMVAE(BaseVAE):
     """A VAE trained on 1 - MS-SSIM(x, E[x|z]) plus beta * KL (see the module docstring).
 
         loss = mean_b[recon_weight * (1 - MS-SSIM(x_b, x_hat_b)) + kl_weight * beta * KL_b]
@@ -294,39 +81,36 @@ class MSSIMVAE(ReconstructionLossVAE):
       filter_size: side of the Gaussian window (odd or even); every scale must be at least
         this large, else the constructor raises ConfigError.
       filter_sigma: standard deviation of the window in pixels.
-      beta, recon_weight: as `ReconstructionLossVAE`.
+      beta: weight of the KL; recon_weight: of the reconstruction loss (None: H * W * C).
       data_shape: (height, width, channels); pixel values in [0, 1] (max_val = 1).
-      Other args as `BaseVAE`.
+      Other args as `BaseVAE` (but `objective`).
     """
+
+    fixed_parts = ("objective",)
 
     def __init__(self, power_factors: PowerFactors = SMALL_IMAGE_POWER_FACTORS, filter_size: PositiveInt = 7,
                  filter_sigma: PositiveFloat = 1.0, beta: NonNegativeFloat = 1.0,
                  recon_weight: PositiveFloat | None = None, data_shape: Sizes = (28, 28, 1), **base):
-        args = validate(MSSIMVAE, dict(power_factors=power_factors, filter_size=filter_size,
-                                       filter_sigma=filter_sigma, data_shape=data_shape),
-                        "model 'mssim_vae'", fill_defaults=False)
-        check_mssim_image_shape(args["data_shape"], len(args["power_factors"]), args["filter_size"],
-                                "model 'mssim_vae'")
-        super().__init__(beta=beta, recon_weight=recon_weight, data_shape=data_shape, **base)
-        self.power_factors = args["power_factors"]
+        args = validate(MSSIMVAE, dict(power_factors=power_factors, filter_size=filter_size, filter_sigma=filter_sigma,
+                                       beta=beta, recon_weight=recon_weight), "model 'mssim_vae'", fill_defaults=False)
+        self.power_factors = tuple(args["power_factors"])
         self.filter_size, self.filter_sigma = args["filter_size"], args["filter_sigma"]
+        self.beta, self.recon_weight = args["beta"], args["recon_weight"]
+        super().__init__(data_shape=data_shape, **with_fixed_parts("mssim_vae", base, objective={
+            "type": "mssim", "power_factors": list(self.power_factors), "filter_size": self.filter_size,
+            "filter_sigma": self.filter_sigma, "beta": self.beta, "recon_weight": self.recon_weight}))
 
     def get_config(self):
         return {**super().get_config(), "power_factors": list(self.power_factors), "filter_size": self.filter_size,
-                "filter_sigma": self.filter_sigma}
-
-    def default_recon_weight(self) -> float:
-        """H * W * C: the number of data dimensions."""
-        return float(np.prod(self.data_shape))
+                "filter_sigma": self.filter_sigma, "beta": self.beta, "recon_weight": self.recon_weight}
 
     def reconstruction_loss(self, x, x_hat):
-        """1 - MS-SSIM(x, x_hat) per image, [B], for x, x_hat [B, H, W, C]."""
-        return ms_ssim_loss(x, x_hat, power_factors=self.power_factors, filter_size=self.filter_size,
-                            filter_sigma=self.filter_sigma)
+        """1 - MS-SSIM(x, x_hat) per image, [B] (`MSSIMObjective`)."""
+        return self.objective_part.reconstruction_loss(x, x_hat)
 
 
 @register("logcosh_vae")
-class LogCoshVAE(ReconstructionLossVAE):
+class LogCoshVAE(BaseVAE):
     """A VAE trained on the log-cosh reconstruction loss plus beta * KL (see the module docstring).
 
         loss = mean_b[recon_weight * sum_d (1/a) log cosh(a (x_hat_bd - x_bd)) + kl_weight * beta * KL_b]
@@ -341,23 +125,27 @@ class LogCoshVAE(ReconstructionLossVAE):
     Args:
       a: sharpness of log-cosh (Chen et al. use 10): quadratic a t^2 / 2 for |t| << 1/a,
         absolute |t| - log(2)/a for |t| >> 1/a.
-      beta, recon_weight: as `ReconstructionLossVAE`.
-      Other args as `BaseVAE`.
+      beta: weight of the KL; recon_weight: of the reconstruction loss (None: 1).
+      Other args as `BaseVAE` (but `objective`).
     """
+
+    fixed_parts = ("objective",)
 
     def __init__(self, a: PositiveFloat = 10.0, beta: NonNegativeFloat = 1.0,
                  recon_weight: PositiveFloat | None = None, **base):
-        args = validate(LogCoshVAE, dict(a=a), "model 'logcosh_vae'", fill_defaults=False)
-        super().__init__(beta=beta, recon_weight=recon_weight, **base)
-        self.a = args["a"]
+        args = validate(LogCoshVAE, dict(a=a, beta=beta, recon_weight=recon_weight), "model 'logcosh_vae'",
+                        fill_defaults=False)
+        self.a, self.beta, self.recon_weight = args["a"], args["beta"], args["recon_weight"]
+        super().__init__(**with_fixed_parts("logcosh_vae", base, objective={
+            "type": "logcosh", "a": self.a, "beta": self.beta, "recon_weight": self.recon_weight}))
 
     def get_config(self):
-        return {**super().get_config(), "a": self.a}
+        return {**super().get_config(), "a": self.a, "beta": self.beta, "recon_weight": self.recon_weight}
 
     def reconstruction_loss(self, x, x_hat):
-        """sum_d (1/a) log cosh(a (x_hat_d - x_d)) per example, [B], for x, x_hat [B, *data_shape]."""
-        return log_cosh_loss(x, x_hat, self.a, event_ndims=len(self.data_shape))
+        """sum_d (1/a) log cosh(a (x_hat_d - x_d)) per example, [B] (`LogCoshObjective`)."""
+        return self.objective_part.reconstruction_loss(x, x_hat)
 
 
-__all__ = ["LogCoshVAE", "MSSIMVAE", "ReconstructionLossVAE", "SMALL_IMAGE_POWER_FACTORS", "WANG_POWER_FACTORS",
-           "check_mssim_image_shape", "gaussian_window", "log_cosh", "log_cosh_loss", "ms_ssim", "ms_ssim_loss"]
+__all__ = ["LogCoshVAE", "MSSIMVAE", "SMALL_IMAGE_POWER_FACTORS", "WANG_POWER_FACTORS", "check_mssim_image_shape",
+           "gaussian_window", "log_cosh", "log_cosh_loss", "ms_ssim", "ms_ssim_loss"]

@@ -12,7 +12,7 @@ each step's gradient from one reparameterised draw (`refine_samples`), clipped t
     loss = -mean_x [ E_{q(z; lambda_K)} log p_theta(x|z) - kl_weight * KL(q(z; lambda_K) || p(z)) ],
 
 (one draw of z), and the steps are ordinary differentiable tensor code
-(`tfvae.models.refine.refine_posterior(differentiable=True)`), so:
+(`tfvae.parts.refine.refine_posterior(differentiable=True)`), so:
 
 * the encoder phi gets dL/dphi = (d lambda_0 / d phi)^T dL/d lambda_0, where dL/d lambda_0 is
   back-propagated through the K steps (their Hessian-vector products included) -- Kim et
@@ -46,28 +46,28 @@ encoder's q(z; lambda_0), so runs compare with every other variant; `refined_elb
 single-draw ELBO at lambda_K that the loss is built from. `encode` stays the amortized
 encoder (the proposal of `tfvae.log_likelihood` and of the exported model); `refine` gives
 the refined posterior.
+
+The model `sa_vae` is the VAE with the objective part `semi_amortized`
+(`tfvae.parts.semi_amortized`).
 """
 from __future__ import annotations
 
 from typing import Literal
 
-import keras
-import tensorflow as tf
-
 from tfvae.config import NonNegativeInt, PositiveFloat, PositiveInt, validate
-from tfvae.models.refine import Refinement, refine_posterior
-from tfvae.models.vae import VAE
+from tfvae.models.base import BaseVAE, with_fixed_parts
+from tfvae.parts.refine import Refinement
 from tfvae.registry import register
 
-fold_in = tf.random.experimental.stateless_fold_in
+OWN = ("refine_steps", "refine_learning_rate", "max_grad_norm", "refine_samples", "generative_gradient")
 
 
 @register("sa_vae")
-class SAVAE(VAE):
+class SAVAE(BaseVAE):
     """Semi-amortized VAE: trains through K differentiable ELBO-ascent steps that refine
     the encoder's posterior.
 
-    Args (beyond `BaseVAE`'s):
+    Args (beyond `BaseVAE`'s, but `objective`):
       refine_steps: K, the number of refinement steps (0: the plain VAE).
       refine_learning_rate: eta, the step size of the ascent on each example's unconstrained
         parameters along its own ELBO gradient (Kim et al.'s rate 1 on a batch mean of B
@@ -78,97 +78,26 @@ class SAVAE(VAE):
         gradient at lambda_K held fixed); the encoder always gets the gradient through the steps.
     """
 
+    fixed_parts = ("objective",)
+
     def __init__(self, refine_steps: NonNegativeInt = 20, refine_learning_rate: PositiveFloat = 0.01,
                  max_grad_norm: PositiveFloat | None = 5.0, refine_samples: PositiveInt = 1,
                  generative_gradient: Literal["total", "partial"] = "total", **base):
         own = validate(SAVAE, dict(refine_steps=refine_steps, refine_learning_rate=refine_learning_rate,
                                    max_grad_norm=max_grad_norm, refine_samples=refine_samples,
-                                   generative_gradient=generative_gradient),
-                       f"model {getattr(type(self), 'registered_name', 'sa_vae')!r}")
-        super().__init__(**base)
-        self.refine_steps = own["refine_steps"]
-        self.refine_learning_rate = own["refine_learning_rate"]
-        self.max_grad_norm = own["max_grad_norm"]
-        self.refine_samples = own["refine_samples"]
-        self.generative_gradient = own["generative_gradient"]
-
-    def build_variant(self):
-        """The extra training metric, the ELBO at the refined parameters."""
-        self.trackers["refined_elbo"] = keras.metrics.Mean(name="refined_elbo")
+                                   generative_gradient=generative_gradient), "model 'sa_vae'", fill_defaults=False)
+        for key in OWN:
+            setattr(self, key, own[key])
+        super().__init__(**with_fixed_parts("sa_vae", base, objective={"type": "semi_amortized", **own}))
 
     def get_config(self):
-        return {**super().get_config(), "refine_steps": self.refine_steps,
-                "refine_learning_rate": self.refine_learning_rate, "max_grad_norm": self.max_grad_norm,
-                "refine_samples": self.refine_samples, "generative_gradient": self.generative_gradient}
+        return {**super().get_config(), **{key: getattr(self, key) for key in OWN}}
 
-    # ----------------------------------------------------------------- refinement
     def refine(self, x, condition=None, seed=None, steps: int | None = None, training: bool = False,
                differentiable: bool = False, params=None) -> Refinement:
-        """The encoder's posterior refined by this model's K steps (or `steps`); see
-        `tfvae.models.refine.refine_posterior`. Not differentiable unless asked."""
-        return refine_posterior(self, x, steps=self.refine_steps if steps is None else steps,
-                                learning_rate=self.refine_learning_rate, samples=self.refine_samples,
-                                max_grad_norm=self.max_grad_norm, condition=condition, seed=seed,
-                                training=training, differentiable=differentiable, params=params)
+        """The encoder's posterior refined by this model's K steps (or `steps`)
+        (`SemiAmortizedObjective.refine`). Not differentiable unless asked."""
+        return self.objective_part.refine(self, x, condition, seed, steps, training, differentiable, params)
 
-    # ----------------------------------------------------------------- objective
-    def objective_and_terms(self, x, condition=None, training=False, seed=None):
-        """(loss, terms): the loss is minus the KL-weighted ELBO at lambda_K (one draw of z),
-        averaged over the batch; terms are the encoder's ELBO terms plus `refined_elbo`.
 
-        seed: a stateless seed for every draw of the step (None: the model's seed stream,
-        one draw from it, as the VAE). With K = 0 the draw of z and the loss are the VAE's.
-        """
-        seed = self._seed(seed)
-        params = self.posterior_params(x, condition, training=training)
-        encoder_q = self.posterior_family.distribution(params)
-        # The ordinary ELBO terms of the amortized q: with the VAE's own draw.
-        terms = self.elbo_terms(x, 1, condition, seed=seed, posterior=encoder_q, training=training)
-        weight = tf.cast(self.kl_weight, tf.float32)
-        if self.refine_steps == 0:
-            final, refined_params = terms, params
-        else:
-            refined_params = refine_posterior(
-                self, x, steps=self.refine_steps, learning_rate=self.refine_learning_rate,
-                samples=self.refine_samples, max_grad_norm=self.max_grad_norm, condition=condition,
-                seed=fold_in(seed, 1), training=training, differentiable=True, params=params).params
-            final = self.elbo_terms(x, 1, condition, seed=fold_in(seed, 2),
-                                    posterior=self.posterior_family.distribution(refined_params),
-                                    training=training)
-        loss = -tf.reduce_mean(final["log_px_z"] - weight * final["kl"])
-        terms = {**terms, "refined_elbo": final["elbo"]}
-        if self.generative_gradient == "partial" and self.refine_steps > 0:
-            # Same draw, lambda_K held fixed: the generative model's gradient (see train_step).
-            fixed = self.elbo_terms(x, 1, condition, seed=fold_in(seed, 2),
-                                    posterior=self.posterior_family.distribution(tf.stop_gradient(refined_params)),
-                                    training=training)
-            terms["generative_loss"] = -tf.reduce_mean(fixed["log_px_z"] - weight * fixed["kl"])
-        return loss, terms
-
-    def objective(self, x, condition=None, training=False, seed=None):
-        """The scalar loss (see `objective_and_terms`)."""
-        return self.objective_and_terms(x, condition, training, seed)[0]
-
-    def gradients(self, x, condition=None, training=True, seed=None):
-        """(loss, terms, gradients aligned with `trainable_variables`) of one training step:
-        the encoder's through the refinement; the generative model's per `generative_gradient`."""
-        with tf.GradientTape(persistent=self.generative_gradient == "partial") as tape:
-            loss, terms = self.objective_and_terms(x, condition, training=training, seed=seed)
-            extra = tf.add_n(self.losses) if self.losses else 0.0
-            total = loss + extra
-            generative_total = terms.pop("generative_loss", None)
-            if generative_total is not None:
-                generative_total = generative_total + extra
-        gradients = self.split_gradients(tape, total, total if generative_total is None else generative_total)
-        del tape
-        return loss, terms, gradients
-
-    def train_step(self, data):
-        x, condition = self.unpack(data)
-        loss, terms, gradients = self.gradients(x, condition, training=True)
-        self.apply_gradients(gradients, self.trainable_variables)
-        return self._record(loss, terms)
-
-    def _record(self, loss, terms):
-        self.trackers["refined_elbo"].update_state(terms["refined_elbo"])
-        return super()._record(loss, terms)
+__all__ = ["SAVAE"]

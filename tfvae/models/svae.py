@@ -55,126 +55,24 @@ Neither TFP class has stddev(): the classes returned by `encode` add the exact d
 their closed-form covariance, so `tfvae.distributions.moments` (used by the `encode`
 export endpoint) is exact. `reconstruct` decodes the mean direction mu, a point of the
 sphere, not the Euclidean mean E_q[z] (|E_q[z]| < 1 lies off the decoder's support).
+
+The model `svae` is the VAE made of the parts in `tfvae.parts.spherical`: the prior
+`spherical_uniform` and the posterior `power_spherical` or `von_mises_fisher` (`family`).
+Any objective whose terms do not assume a Gaussian goes with them, e.g. class `vae` with
+`prior: spherical_uniform`, `posterior: power_spherical`, `objective: {type: iwae, k: 5}`.
 """
 from __future__ import annotations
 
-import math
-import warnings
-from typing import Annotated, Literal
+from typing import Literal
 
-import tensorflow as tf
-import tensorflow_probability as tfp
-
-from tfvae.config import Check, validate
-from tfvae.models.base import BaseVAE
+from tfvae.config import validate
+from tfvae.models.base import BaseVAE, with_fixed_parts
+from tfvae.parts.spherical import (MIN_CONCENTRATION, PowerSpherical, PowerSphericalPosterior, SphereDim,
+                                   SphericalPosterior, SphericalUniformPrior, VonMisesFisher, VonMisesFisherPosterior,
+                                   concentration, log_sphere_area, sample_power_spherical, spherical_uniform)
 from tfvae.registry import register
 
-tfd = tfp.distributions
-
-MIN_CONCENTRATION = 1.0  # kappa = softplus(raw) + MIN_CONCENTRATION
-
-SphereDim = Annotated[int, Check(lambda v: v >= 2, ">= 2: z lies on the unit sphere S^{d-1} in R^d")]
-
-
-class _ExactVariance:
-    """Mixin: variance() (hence stddev()) as the diagonal of the closed-form covariance."""
-
-    def _variance(self):
-        return tf.linalg.diag_part(self.covariance())
-
-
-def sample_power_spherical(mean_direction, concentration, n, seed):
-    """n reparameterised draws from PowerSpherical(mu, kappa), [n, *batch, d].
-
-    mean_direction: unit vectors [*batch, d] (d static, >= 2); concentration: [*batch] (or
-    broadcastable); seed: a stateless seed (int32 [2]). With a = (d-1)/2 + kappa, b = (d-1)/2:
-
-        t = (G_a - G_b) / (G_a + G_b),   sqrt(1 - t^2) = 2 sqrt(G_a G_b) / (G_a + G_b),
-        y = [t, sqrt(1 - t^2) v],  v = w / |w|,  w ~ N(0, I_{d-1}),
-        z = y - 2 (y.u) u,         u = (e_1 - mu) / |e_1 - mu|   (u = 0 when mu = e_1).
-    """
-    mu = tf.convert_to_tensor(mean_direction, tf.float32)
-    kappa = tf.convert_to_tensor(concentration, tf.float32)
-    d = mu.shape[-1]
-    if d is None or d < 2:
-        raise ValueError(f"the Power Spherical needs a static event size d >= 2, got mean_direction "
-                         f"of shape {mu.shape}")
-    batch = tf.broadcast_dynamic_shape(tf.shape(mu)[:-1], tf.shape(kappa))
-    shape = tf.concat([[n], batch], axis=0)
-    mu = tf.broadcast_to(mu, tf.concat([batch, [d]], axis=0))
-    seed_a, seed_b, seed_v = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    half = 0.5 * (d - 1)
-    g_a = tf.random.stateless_gamma(shape, seed=seed_a, alpha=half + kappa)
-    g_b = tf.random.stateless_gamma(shape, seed=seed_b, alpha=tf.constant(half, tf.float32))
-    total = g_a + g_b
-    t = (g_a - g_b) / total
-    radius = 2.0 * tf.sqrt(g_a * g_b) / total
-    v = tf.math.l2_normalize(tf.random.stateless_normal(tf.concat([shape, [d - 1]], axis=0), seed=seed_v), axis=-1)
-    y = tf.concat([t[..., tf.newaxis], radius[..., tf.newaxis] * v], axis=-1)
-    u = tf.math.l2_normalize(tf.one_hot(0, d) - mu, axis=-1)
-    return y - 2.0 * tf.reduce_sum(y * u, axis=-1, keepdims=True) * u
-
-
-class PowerSpherical(_ExactVariance, tfd.PowerSpherical):
-    """`tfd.PowerSpherical` (log_prob, KL, mean, covariance) with an exact `stddev()` and
-    draws from `sample_power_spherical`."""
-
-    def _sample_n(self, n, seed=None):
-        seed = tf.cast(tfp.random.sanitize_seed(seed), tf.int32)
-        return sample_power_spherical(self.mean_direction, self.concentration, n, seed)
-
-
-class VonMisesFisher(_ExactVariance, tfd.VonMisesFisher):
-    """`tfd.VonMisesFisher` with an exact `stddev()` (and KL, sampling, log_prob as TFP's)."""
-
-
-def concentration(raw):
-    """kappa = softplus(raw) + MIN_CONCENTRATION, elementwise."""
-    return tf.nn.softplus(raw) + MIN_CONCENTRATION
-
-
-class SphericalPosterior:
-    """Maps the encoder's raw output [..., d + 1] to q(z|x) on S^{d-1}: the first d numbers
-    give the mean direction mu = u / |u|, the last the concentration kappa (`concentration`).
-    Subclasses name the distribution class."""
-
-    distribution_class: type = PowerSpherical
-
-    @staticmethod
-    def num_params(latent_dim: int) -> int:
-        return latent_dim + 1
-
-    @classmethod
-    def distribution(cls, params) -> tfd.Distribution:
-        """q with batch shape params.shape[:-1] and event shape [d]."""
-        params = tf.cast(params, tf.float32)
-        direction = tf.math.l2_normalize(params[..., :-1], axis=-1)
-        return cls.distribution_class(mean_direction=direction, concentration=concentration(params[..., -1]))
-
-
-class PowerSphericalPosterior(SphericalPosterior):
-    """q(z|x) = PowerSpherical(mu(x), kappa(x)); fully reparameterised for every d."""
-
-    distribution_class = PowerSpherical
-
-
-class VonMisesFisherPosterior(SphericalPosterior):
-    """q(z|x) = vMF(mu(x), kappa(x)); exact gradients for d = 3 only (see the module docstring)."""
-
-    distribution_class = VonMisesFisher
-
-
 FAMILIES = {"power_spherical": PowerSphericalPosterior, "von_mises_fisher": VonMisesFisherPosterior}
-
-
-def log_sphere_area(dimension: int) -> float:
-    """log |S^{d-1}| = log 2 + (d/2) log pi - lgamma(d/2), for the sphere in R^d."""
-    return math.log(2.0) + 0.5 * dimension * math.log(math.pi) - math.lgamma(0.5 * dimension)
-
-
-def spherical_uniform(dimension: int) -> tfd.Distribution:
-    """U(S^{d-1}): event shape [d], log_prob(z) = -log |S^{d-1}| for every unit z."""
-    return tfd.SphericalUniform(dimension=dimension, dtype=tf.float32)
 
 
 @register("svae")
@@ -183,47 +81,27 @@ class SVAE(BaseVAE):
 
         loss = -E_q[log p(x|z)] + kl_weight * KL(q(z|x) || U(S^{d-1}))
 
-    Args:
-      family: "power_spherical" (default; reparameterised for every d) or
+    Args (besides `BaseVAE`'s, but `prior` and `posterior`):
+      family: the posterior, "power_spherical" (default; reparameterised for every d) or
         "von_mises_fisher" (exact gradients for latent_dim = 3 only; warns otherwise).
       latent_dim: d >= 2, the dimension of the space the sphere lives in (z has d
         coordinates and d - 1 degrees of freedom). Hyperspherical latents suit small d;
-        the default is 10.
-      Other args as `BaseVAE`. The encoder outputs d + 1 numbers per example.
+        the default is 10. The encoder outputs d + 1 numbers per example.
     """
 
-    euclidean_latent = False
+    fixed_parts = ("prior", "posterior")
 
     def __init__(self, family: Literal["power_spherical", "von_mises_fisher"] = "power_spherical",
                  latent_dim: SphereDim = 10, **base):
-        args = validate(SVAE, dict(family=family, latent_dim=latent_dim), "model 'svae'", fill_defaults=False)
-        self.family = args["family"]
-        # Read by encoder_output_units() during BaseVAE.__init__.
-        self.posterior_family = FAMILIES[self.family]
-        if self.family == "von_mises_fisher" and args["latent_dim"] != 3:
-            warnings.warn(
-                f"model 'svae': von_mises_fisher with latent_dim={args['latent_dim']} samples by rejection "
-                f"(Wood 1994); its gradient with respect to the concentration omits the rejection correction "
-                f"term and is biased (exact only for latent_dim=3). family='power_spherical' is exact for "
-                f"every latent_dim.", UserWarning, stacklevel=2)
-        super().__init__(latent_dim=latent_dim, **base)
-        # XLA has no kernel for the stateless gamma draws of `sample_power_spherical`.
-        self.supports_jit = self.family != "power_spherical"
+        self.family = validate(SVAE, dict(family=family, latent_dim=latent_dim), "model 'svae'",
+                               fill_defaults=False)["family"]
+        super().__init__(latent_dim=latent_dim, **with_fixed_parts(
+            "svae", base, prior={"type": "spherical_uniform"}, posterior={"type": self.family}))
 
     def get_config(self):
         return {**super().get_config(), "family": self.family}
 
-    def prior(self) -> tfd.Distribution:
-        """p(z) = U(S^{d-1}), event shape [latent_dim]."""
-        return spherical_uniform(self.latent_dim)
-
-    def reconstruct(self, x, condition=None, training=False):
-        """Mean of p(x | z = mu(x)), [B, *data_shape]: the decoder at q's mean direction (its
-        mode, on the sphere), not at the Euclidean mean E_q[z], which lies inside the ball."""
-        q = self.encode(x, condition, training=training)
-        return self.decode(q.mean_direction, condition, training=training).mean()
-
 
 __all__ = ["FAMILIES", "MIN_CONCENTRATION", "PowerSpherical", "PowerSphericalPosterior", "SVAE",
-           "SphericalPosterior", "VonMisesFisher", "VonMisesFisherPosterior", "concentration",
-           "log_sphere_area", "sample_power_spherical", "spherical_uniform"]
+           "SphericalPosterior", "SphericalUniformPrior", "VonMisesFisher", "VonMisesFisherPosterior",
+           "concentration", "log_sphere_area", "sample_power_spherical", "spherical_uniform"]

@@ -73,7 +73,7 @@ import tensorflow_probability as tfp
 
 from tfvae import seeds
 from tfvae.config import Check, ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, validate
-from tfvae.models.base import BaseVAE
+from tfvae.models.base import BaseVAE, TrainingLoss
 from tfvae.registry import register
 from tfvae.seeds import as_seed
 
@@ -252,6 +252,8 @@ class VQVAE(BaseVAE):
 
     euclidean_latent = False
 
+    extra_metrics = USAGE
+
     def __init__(self, num_latents: PositiveInt = 4, embedding_dim: PositiveInt = 16,
                  codebook_size: PositiveInt = 256, commitment_cost: NonNegativeFloat = 0.25, ema: bool = False,
                  decay: DecayRate = 0.99, epsilon: PositiveFloat = 1e-5, restart_threshold: NonNegativeFloat = 0.0,
@@ -298,8 +300,6 @@ class VQVAE(BaseVAE):
                                              initializer="zeros", trainable=False, aggregation=aggregation,
                                              name="ema_embed_sum")
             self.embed_sum.assign(self.codebook)
-        for name in USAGE:
-            self.trackers[name] = keras.metrics.Mean(name=name)
 
     def get_config(self):
         return {**super().get_config(), "num_latents": self.num_latents, "embedding_dim": self.embedding_dim,
@@ -328,9 +328,11 @@ class VQVAE(BaseVAE):
         codes, indices = quantize(z_e, self.codebook, self.num_latents)
         return {"z_e": z_e, "codes": codes, "indices": indices, "posterior": point_mass(straight_through(z_e, codes))}
 
-    def _loss_terms_and_codes(self, x, condition, training):
+    def training_loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
+        """The loss of the module docstring; terms: the ELBO terms [B] of z_q,
+        `quantization_error` [B] and the batch's `perplexity` and `codes_used` (scalars). q is
+        a point mass, so `seed` draws nothing (a constant one spares the seed stream)."""
         vq = self.quantized(x, condition, training)
-        # q is a point mass: the seed draws nothing, a constant one spares the seed stream.
         terms = self.elbo_terms(x, 1, condition, seed=(0, 0), posterior=vq["posterior"], training=training)
         z_e, codes = vq["z_e"], vq["codes"]
         commitment = tf.reduce_sum(tf.square(z_e - tf.stop_gradient(codes)), axis=-1)
@@ -341,13 +343,7 @@ class VQVAE(BaseVAE):
         perplexity, used = codebook_usage(vq["indices"], self.codebook_size)
         terms = {**terms, "quantization_error": tf.stop_gradient(commitment), "perplexity": perplexity,
                  "codes_used": used}
-        return loss, terms, vq
-
-    def objective_and_terms(self, x, condition=None, training=False):
-        """(scalar loss, terms): the loss of the module docstring, the ELBO terms [B] of z_q,
-        `quantization_error` [B] and the batch's `perplexity` and `codes_used` (scalars)."""
-        loss, terms, _ = self._loss_terms_and_codes(x, condition, training)
-        return loss, terms
+        return TrainingLoss(loss, terms, aux={"z_e": z_e, "indices": vq["indices"]})
 
     def update_codebook(self, z_e, indices, seed=(0, 0)):
         """One EMA step of the codebook from encoder outputs z_e [B, L * D] assigned to the
@@ -368,24 +364,14 @@ class VQVAE(BaseVAE):
         self.codebook.assign(codebook)
 
     # ----------------------------------------------------------------- fit
-    def train_step(self, data):
-        x, condition = self.unpack(data)
-        with tf.GradientTape() as tape:
-            loss, terms, vq = self._loss_terms_and_codes(x, condition, training=True)
-            total = loss + tf.add_n(self.losses) if self.losses else loss
-        gradients = tape.gradient(total, self.trainable_variables)
-        self.apply_gradients(gradients, self.trainable_variables)
+    def after_train_step(self, result) -> dict:
+        """With `ema`, the codebook's EMA step on the step's encoder outputs and codes, seeded
+        per step and the same in every replica: (seed, 0) folded with the step count."""
         if self.ema:
-            # A seed per step, the same in every replica: (seed, 0) folded with the step count.
             step = tf.cast(self.optimizer.iterations, tf.int32)
-            self.update_codebook(vq["z_e"], vq["indices"],
+            self.update_codebook(result.aux["z_e"], result.aux["indices"],
                                  tf.random.experimental.stateless_fold_in(as_seed(self.seed), step))
-        return self._record(loss, terms)
-
-    def _record(self, loss, terms):
-        for name in USAGE:
-            self.trackers[name].update_state(terms[name])
-        return super()._record(loss, terms)
+        return {}
 
 
 __all__ = ["UniformCodebookPrior", "VQVAE", "VectorQuantizedPosterior", "assignment_statistics", "codebook_usage",
