@@ -84,6 +84,17 @@ def test_evaluate_reports_means_standard_errors_and_writes_json(tmp_path):
     assert again["log_px"] == pytest.approx(report["log_px"], rel=1e-6)
 
 
+def test_the_progress_bar_ends_on_the_reported_log_px(capsys):
+    """The bar shows the mean over the examples seen so far, so its last figure is the report's
+    (Keras' own averaging of per-batch means showed another number)."""
+    import re
+    model = VAE(data_shape=(4, 4, 1), latent_dim=2, encoder={"type": "mlp", "hidden": [8]})
+    x = (np.random.default_rng(1).random((30, 4, 4, 1)) > 0.5).astype("float32")
+    report = tfvae.evaluate(model, x, k=20, batch_size=7, verbose=True)     # a last batch of 2
+    shown = re.findall(r"log_px: (-?[0-9.]+)", capsys.readouterr().out)
+    assert len(shown) >= 2 and float(shown[-1]) == pytest.approx(report["log_px"], abs=1e-4)
+
+
 def test_evaluate_rejects_empty_data_and_bad_k():
     model = VAE(data_shape=(4, 4, 1), latent_dim=2, encoder={"type": "mlp", "hidden": [8]})
     with pytest.raises(ValueError, match="at least one example"):

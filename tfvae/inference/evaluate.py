@@ -70,7 +70,10 @@ def evaluate(model, data, k: int = 5000, seed: int = 0, batch_size: int = 100,
         pair = isinstance(data, (tuple, list)) and len(data) == 2
         n = num_examples(data[0] if pair else data, "x" if pair else "data")
         total = -(-n // batch_size)
-    progress = keras.utils.Progbar(total, unit_name="batch") if verbose else None
+    # Shows the mean log p(x) over the examples seen so far, as passed (a stateful metric): Keras'
+    # own averaging weighs each update by the step count and showed another number at the end.
+    progress = keras.utils.Progbar(total, unit_name="batch", stateful_metrics=["log_px"]) if verbose else None
+    log_px_sum = 0.0
     collected = {key: [] for key in PER_EXAMPLE_KEYS}
     start = time.perf_counter()
     seen = 0
@@ -80,9 +83,9 @@ def evaluate(model, data, k: int = 5000, seed: int = 0, batch_size: int = 100,
         for key in PER_EXAMPLE_KEYS:
             collected[key].append(out[key].numpy())
         seen += len(collected["log_px"][-1])
+        log_px_sum += float(np.sum(collected["log_px"][-1], dtype=np.float64))
         if progress is not None:
-            progress.update(batch_index + 1, values=[("log_px", float(np.mean(collected["log_px"][-1])))],
-                            finalize=batch_index + 1 == total)
+            progress.update(batch_index + 1, values=[("log_px", log_px_sum / seen)], finalize=batch_index + 1 == total)
     if seen == 0:
         raise ValueError("evaluate got no examples: the data set is empty")
     seconds = time.perf_counter() - start
