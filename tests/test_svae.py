@@ -17,7 +17,8 @@ import tfvae
 import variant_helpers
 from tfvae.config import ConfigError
 from tfvae.distributions import moments
-from tfvae.models.svae import FAMILIES, SVAE, log_sphere_area
+from tfvae.models.svae import SVAE, log_sphere_area
+from tfvae.parts import build_part
 
 SHAPE = (16,)
 TINY = dict(data_shape=SHAPE, latent_dim=3, encoder={"type": "mlp", "hidden": [8]})
@@ -87,7 +88,7 @@ def family_q(family, mu, kappa):
     mu, kappa = np.asarray(mu, np.float64), np.asarray(kappa, np.float64)
     raw_kappa = kappa - 1 + np.log(-np.expm1(-(kappa - 1)))          # softplus^-1
     params = np.concatenate([3.0 * mu, raw_kappa[:, None]], axis=1).astype("float32")
-    return FAMILIES[family]().distribution(params)
+    return build_part("posterior", family).distribution(params)
 
 
 def unit_vectors(n, d, seed):
@@ -180,7 +181,7 @@ def pathwise_gradient(family, d, kappa, n=100_000):
     kappa = tf.constant([kappa], tf.float32)
     with tf.GradientTape() as tape:
         tape.watch(kappa)
-        q = FAMILIES[family].distribution_class(mean_direction=mu, concentration=kappa)
+        q = build_part("posterior", family).distribution_class(mean_direction=mu, concentration=kappa)
         t = tf.reduce_mean(q.sample(n, seed=[9, 10])[..., 0])
     return float(tape.gradient(t, kappa)[0])
 

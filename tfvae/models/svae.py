@@ -72,9 +72,6 @@ from tfvae.parts.spherical import (MIN_CONCENTRATION, PowerSpherical, PowerSpher
                                    concentration, log_sphere_area, sample_power_spherical, spherical_uniform)
 from tfvae.registry import register
 
-FAMILIES = {"power_spherical": PowerSphericalPosterior, "von_mises_fisher": VonMisesFisherPosterior}
-
-
 @register("svae")
 class SVAE(BaseVAE):
     """Hyperspherical VAE: q(z|x) on the unit sphere S^{d-1}, uniform prior, ELBO objective.
@@ -102,6 +99,6 @@ class SVAE(BaseVAE):
         return {**super().get_config(), "family": self.family}
 
 
-__all__ = ["FAMILIES", "MIN_CONCENTRATION", "PowerSpherical", "PowerSphericalPosterior", "SVAE",
+__all__ = ["MIN_CONCENTRATION", "PowerSpherical", "PowerSphericalPosterior", "SVAE",
            "SphericalPosterior", "SphericalUniformPrior", "VonMisesFisher", "VonMisesFisherPosterior",
            "concentration", "log_sphere_area", "sample_power_spherical", "spherical_uniform"]
