@@ -19,6 +19,7 @@ from tfvae.config import ConfigError
 from tfvae.distributions import moments
 from tfvae.models.svae import SVAE, log_sphere_area
 from tfvae.parts import build_part
+from tfvae.parts.spherical import VonMisesFisher
 
 SHAPE = (16,)
 TINY = dict(data_shape=SHAPE, latent_dim=3, encoder={"type": "mlp", "hidden": [8]})
@@ -149,8 +150,29 @@ def test_monte_carlo_kl_of_the_model_matches_the_analytic_one(family):
     assert np.ptp(analytic) > 0.1, analytic
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_von_mises_fisher_closed_forms_agree_with_tfps_bessel_series(d):
+    # For d = 2, 3 the log-normalizer, E[z], Cov[z], the entropy and its gradient in kappa come
+    # from elementary functions and i0e/i1e; TFP's general form (its Bessel series) must agree.
+    kappa = tf.constant([0.5, 1.0, 5.0, 60.0])
+    mu = tf.constant(unit_vectors(4, d, seed=3), tf.float32)
+    ours, general = (lambda k: VonMisesFisher(mu, k)), (lambda k: tfd.VonMisesFisher(mu, k))
+    for name in ("mean", "covariance"):
+        np.testing.assert_allclose(getattr(ours(kappa), name)(), getattr(general(kappa), name)(), atol=1e-6)
+    z = general(kappa).sample(3, seed=[1, 2])
+    np.testing.assert_allclose(ours(kappa).log_prob(z), general(kappa).log_prob(z), rtol=1e-5, atol=1e-5)
+    gradients = []
+    for make in (ours, general):
+        with tf.GradientTape() as tape:
+            tape.watch(kappa)
+            entropy = make(kappa).entropy()
+        gradients.append((entropy, tape.gradient(entropy, kappa)))
+    np.testing.assert_allclose(gradients[0][0], gradients[1][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gradients[0][1], gradients[1][1], rtol=2e-3, atol=1e-6)
+
+
 # ----------------------------------------------------------------- samples, moments, gradients
-@pytest.mark.parametrize("family, d", [("power_spherical", 3), ("power_spherical", 8),
+@pytest.mark.parametrize("family, d", [("power_spherical", 3), ("power_spherical", 8), ("von_mises_fisher", 2),
                                        ("von_mises_fisher", 3), ("von_mises_fisher", 8)])
 def test_samples_lie_on_the_sphere_with_the_closed_form_moments(family, d):
     mu, kappas = unit_vectors(2, d, seed=4), np.array([2.0, 25.0])

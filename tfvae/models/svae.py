@@ -14,7 +14,9 @@ where a posterior carries no information about x. The ELBO is the VAE's,
 
     ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || U(S^{d-1})),   KL = -H(q) + log A_d,
 
-with TFP's closed-form KL for both families (registered against `tfd.SphericalUniform`):
+with TFP's closed-form KL for both families (registered against `tfd.SphericalUniform`; for the
+vMF with d = 2 or 3, log Z and I_{d/2}/I_{d/2-1} come from elementary functions and TF's i0e/i1e
+kernels, `tfvae.parts.spherical.vmf_log_normalizer_and_mean_length`, not TFP's Bessel series):
 
     PS:  H = log C(kappa) - kappa (log 2 + psi(a) - psi(a + b)),
          C = 2^{a+b} pi^b Gamma(a) / Gamma(a + b),  a = (d-1)/2 + kappa,  b = (d-1)/2
