@@ -1,5 +1,5 @@
 """DIP-VAE (tfvae.models.dip_vae): the covariance penalties against numpy, the loss against the
-VAE's negative ELBO plus a numpy penalty, training, config round trip and export."""
+VAE's negative ELBO plus a numpy penalty, training and config round trip (export: tests/test_contract.py)."""
 import functools
 
 import keras
@@ -126,8 +126,3 @@ def test_config_round_trip_and_validation():
     for bad in ({"dip_type": "iii"}, {"lambda_od": -1.0}, {"lambda_d": "ten"}):
         with pytest.raises(ConfigError):
             DIPVAE(**TINY, **bad)
-
-
-def test_export_elbo_matches_the_python_model(tmp_path):
-    model = variant_helpers.perturb(DIPVAE(**TINY), scale=0.3, seed=3)
-    variant_helpers.export_and_check(model, tmp_path / "export", X, k=10)

@@ -192,7 +192,7 @@ def bmnist_vae(shared_data):
 @pytest.fixture(scope="module")
 def bmnist_report(bmnist_vae):
     model, _, x = bmnist_vae
-    return gap_report(model, x, families=("diag", "full"), k=1000, eval_k=500, steps=600, refine_steps=10,
+    return gap_report(model, x, families=("diag", "full"), k=1000, eval_k=500, steps=300, refine_steps=10,
                       verbose=False)
 
 
@@ -233,7 +233,7 @@ def test_training_the_encoder_longer_shrinks_the_amortization_gap(bmnist_vae, bm
     clone.decoder_net.trainable = False
     clone.compile(optimizer=keras.optimizers.Adam(1e-3))
     clone.fit(train, epochs=3, verbose=0)
-    again = gap_report(clone, x, families=("diag",), k=1000, eval_k=500, steps=600, refine_steps=0, points=False,
+    again = gap_report(clone, x, families=("diag",), k=1000, eval_k=500, steps=300, refine_steps=0, points=False,
                        verbose=False)
     before = bmnist_report["gaps"]["diag"]["amortization"]["mean"]
     after = again["gaps"]["diag"]["amortization"]["mean"]

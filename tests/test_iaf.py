@@ -1,6 +1,6 @@
 """The IAF variant: its flow against autodiff Jacobians and a numpy re-implementation of the
 steps, its reductions (identity flow = the encoder's Gaussian, no steps = the VAE), the
-single-pass log q of the importance estimator, fit / evaluate / export / reload."""
+single-pass log q of the importance estimator, fit and evaluate (export: tests/test_contract.py)."""
 import math
 
 import keras
@@ -11,7 +11,6 @@ import tensorflow_probability as tfp
 
 from tfvae.config import ConfigError
 from tfvae.distributions import DiagonalNormal, moments
-from tfvae.export import export
 from tfvae.inference import importance_sampling
 from tfvae.models import VAE
 from tfvae.models.iaf import IAF, MADE, made_masks   # registers "iaf" (tfvae.models does not import it yet)
@@ -226,8 +225,7 @@ def refuse_the_sequential_inverse(monkeypatch):
 def test_log_q_of_the_draws_never_runs_the_sequential_inverse(monkeypatch):
     """log q of the draws comes from the forward pass: each step's MADE runs once per draw
     (the memo shares it between the value and the log-det) and the inverse never runs.
-    (The fit/export test below runs training, the compiled estimator and every exported
-    endpoint under the same guard.)"""
+    (The fit test below runs training and the compiled estimator under the same guard.)"""
     model = tiny_iaf()
     perturb(model.trainable_variables, 11)
     x = binary_batch(5)
@@ -307,8 +305,8 @@ def test_bad_arguments_are_refused(kwargs, message):
     assert issubclass(ConfigError, ValueError)
 
 
-# ------------------------------------------------------------------ fit, evaluate, export
-def test_fit_evaluate_export_and_reload(tmp_path, monkeypatch):
+# ------------------------------------------------------------------ fit, evaluate
+def test_fit_and_evaluate_never_run_the_sequential_inverse(monkeypatch):
     refuse_the_sequential_inverse(monkeypatch)
     keras.utils.set_random_seed(0)
     model = tiny_iaf(seed=3)
@@ -324,22 +322,9 @@ def test_fit_evaluate_export_and_reload(tmp_path, monkeypatch):
     assert all(np.abs(w.numpy() - b).max() > 1e-4 for w, b in zip(output_layer_weights(model), before))
 
     x = data[:6]
-    estimate = importance_sampling(model, x, 200, seed=[7, 0])      # the export's k and seed below
+    estimate = importance_sampling(model, x, 200, seed=[7, 0])
     elbo = model.elbo_terms(x, k=500, seed=4)["elbo"].numpy()
     assert np.all(np.isfinite(estimate["log_px"].numpy()))
     assert estimate["log_px"].numpy().mean() > elbo.mean()          # L_200 above the ELBO
     np.testing.assert_allclose(estimate["elbo"], estimate["log_px_z"] - estimate["kl"], rtol=1e-5)
     np.testing.assert_allclose(estimate["elbo"], elbo, atol=0.5)       # other draws of the same bound
-
-    path = export(model, tmp_path / "export", k=200, max_samples=10, seed=7, verbose=False)
-    loaded = tf.saved_model.load(path)
-    want_mean, want_stddev = moments(model.encode(x))
-    np.testing.assert_allclose(loaded.encode(x)["mean"], want_mean, **TOL)
-    np.testing.assert_allclose(loaded.encode(x)["stddev"], want_stddev, **TOL)
-    np.testing.assert_allclose(loaded.log_likelihood(x)["log_px"], estimate["log_px"], **TOL)
-    terms = model.elbo_terms(x, k=1, seed=[7, 0])
-    for key in ("elbo", "log_px_z", "kl"):
-        np.testing.assert_allclose(loaded.elbo(x)[key], terms[key], **TOL)
-    np.testing.assert_allclose(loaded.reconstruct(x)["reconstruction"], model.reconstruct(x), **TOL)
-    np.testing.assert_allclose(loaded.sample(3, [1, 2])["x"], model.sample(3, seed=[1, 2]), **TOL)
-

@@ -12,7 +12,6 @@ import tensorflow as tf
 import tfvae
 import variant_helpers
 from tfvae.config import ConfigError
-from tfvae.export import export
 from tfvae.models import VAE
 from tfvae.models.beta_vae import BetaVAE
 from tfvae.models.iwae import IWAE, log_mean_exp
@@ -283,7 +282,7 @@ def test_dreg_matches_the_standard_gradient_in_expectation_with_less_variance(tr
     (BetaVAE, {"capacity": 3.0, "capacity_steps": 5, "gamma": 10.0}), (IWAE, {"k": 4, "estimator": "dreg"}),
     (MIWAE, {"m": 2, "k": 3}), (PIWAE, {"m": 2, "k": 3}), (CIWAE, {"k": 4, "beta": 0.5}),
 ])
-def test_fit_evaluate_export_reload(cls, kwargs, tmp_path):
+def test_fit_evaluate_and_config_round_trip(cls, kwargs):
     model = cls(**TINY, **kwargs)
     rebuilt = cls.from_config(model.get_config())
     assert rebuilt.get_config() == model.get_config() and type(rebuilt).registered_name == cls.registered_name
@@ -301,9 +300,6 @@ def test_fit_evaluate_export_reload(cls, kwargs, tmp_path):
     x = structured_data(5, seed=6)
     log_px = tfvae.importance_sampling(model, x, k=50, seed=0, compiled=False)["log_px"].numpy()
     assert np.all(np.isfinite(log_px)) and np.all(log_px < 0)
-    path = export(model, tmp_path / "export", k=50, verbose=False)
-    loaded = tf.saved_model.load(path)
-    np.testing.assert_allclose(loaded.log_likelihood(x)["log_px"], log_px, rtol=1e-5, atol=1e-4)
     rebuilt.set_weights(model.get_weights())
     np.testing.assert_allclose(tfvae.importance_sampling(rebuilt, x, k=50, seed=0, compiled=False)["log_px"],
                                log_px, rtol=1e-6)

@@ -207,11 +207,12 @@ class BaseVAE(keras.Model):
     def build(self, input_shape=None):
         if self.built:
             return
+        if self.posterior_family is self.posterior_part:    # not a variant with a family of its own
+            check_parts(self.prior_part, self.posterior_part, self.objective_part)
         for layer in (self.likelihood, self.encoder_net, self.decoder_net):
             layer.build()
         for part in (self.prior_part, self.posterior_part, self.objective_part):
             part.attach(self)
-        check_parts(self)
         self.build_variant()
         self.built = True
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 from tfvae.config import ConfigError
 
 
-def check_parts(model):
-    """Raises ConfigError when `model`'s prior, posterior and objective parts do not fit."""
-    prior, posterior, objective = model.prior_part, model.posterior_part, model.objective_part
-    if model.posterior_family is not posterior:         # a variant with a family of its own
-        return
+def check_parts(prior, posterior, objective):
+    """Raises ConfigError when a prior, a posterior and an objective part do not fit. The
+    rules read the parts' class-level declarations only, so the parts need not be attached to
+    a model (the contract harness sorts the whole grid this way without building a network)."""
     if prior.latent_space != posterior.latent_space:
         raise ConfigError(f"{prior!r} puts z in a {prior.latent_space} space but {posterior!r} in a "
                           f"{posterior.latent_space} one: the prior and the posterior must agree")
