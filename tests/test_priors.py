@@ -12,7 +12,7 @@ import tensorflow_probability as tfp
 import tfvae
 import tfvae.models.mog_prior  # noqa: F401  (registers "mog_prior")
 import tfvae.models.vamp  # noqa: F401  (registers "vamp")
-from tfvae.distributions import positive_scale, raw_scale
+from tfvae.distributions import FullCovarianceMixture, positive_scale, raw_scale
 from tfvae.inference import importance_sampling
 from tfvae.models import VAE, BaseVAE
 from tfvae.models.mog_prior import MoGPriorVAE
@@ -98,6 +98,34 @@ def test_prior_density_is_the_brute_force_mixture(kind, likelihood):
     np.testing.assert_allclose(prior.log_prob(z).numpy(), expected, rtol=1e-5, atol=1e-5)
     # The components are distinct after perturbation, so this is a genuine mixture.
     assert np.ptp(prior_parameters(model)[1], axis=0).min() > 0.05
+
+
+def test_vamp_prior_with_full_posterior_is_the_brute_force_mixture_of_correlated_gaussians():
+    # p(z) = (1/K) sum_k N(z; mu_k, S_k) with S_k = L_k L_k^T from the encoder at u_k, by numpy's
+    # dense inverse and determinant; TFP's general MixtureSameFamily (which broadcasts the L_k
+    # against the draws) gives the same density and gradients.
+    model = tiny(VAE, latent_dim=3, prior={"type": "vamp", "pseudo_inputs": 4}, posterior="full")
+    perturb(model, 1)
+    prior = model.prior()
+    assert isinstance(prior, FullCovarianceMixture) and prior.event_shape == (3,)
+    components = prior.components_distribution
+    loc, scale_tril = components.loc.numpy().astype(np.float64), components.scale.to_dense().numpy().astype(np.float64)
+    covariance = scale_tril @ np.swapaxes(scale_tril, -1, -2)
+    z = np.random.default_rng(2).normal(scale=2.0, size=(2, 25, 3)).astype(np.float32)
+    centred = z[..., np.newaxis, :].astype(np.float64) - loc                              # [2, 25, K, 3]
+    mahalanobis = np.einsum("...ki,kij,...kj->...k", centred, np.linalg.inv(covariance), centred)
+    log_components = -0.5 * (mahalanobis + np.linalg.slogdet(covariance)[1] + 3 * math.log(2 * math.pi))
+    expected = np.logaddexp.reduce(log_components, axis=-1) - math.log(4)
+    np.testing.assert_allclose(prior.log_prob(z).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+    with tf.GradientTape(persistent=True) as tape:
+        prior = model.prior()
+        general = tfp.distributions.MixtureSameFamily(prior.mixture_distribution, prior.components_distribution)
+        ours, theirs = tf.reduce_sum(prior.log_prob(z)), tf.reduce_sum(general.log_prob(z))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    for a, b in zip(tape.gradient(ours, model.trainable_variables), tape.gradient(theirs, model.trainable_variables)):
+        if b is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_vamp_pseudo_inputs_stay_inside_the_bernoulli_support():

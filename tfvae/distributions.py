@@ -266,6 +266,42 @@ class DiagonalGaussianPosterior:
         return DiagonalNormal(loc=loc, scale_diag=positive_scale(raw_scale))
 
 
+class FullCovarianceMixture(tfd.MixtureSameFamily):
+    """sum_k pi_k N(z; mu_k, L_k L_k^T) over K full-covariance Gaussian components (batch
+    shape [K]) with a log_prob that never broadcasts the K scale matrices against the draws.
+
+        log N(z; mu_k, L_k L_k^T) = -|y_k|^2 / 2 - sum_i log L_k,ii - (d/2) log 2 pi,
+        y_k = L_k^{-1} (z - mu_k),
+
+    solved for all N draws at once per component: K triangular solves of an [L, N] right-hand
+    side. TFP's MultivariateNormalTriL.log_prob of draws shaped [N, 1, L] broadcasts L_k to
+    [N, K, L, L] (6.6 GB for a VampPrior with K = 500, L = 40 and 1,000 draws), this holds
+    [K, L, N]. Sampling, the mean and the rest are MixtureSameFamily's."""
+
+    def __init__(self, mixture_distribution, components_distribution, **kwargs):
+        if not isinstance(components_distribution, tfd.MultivariateNormalTriL):
+            raise TypeError(f"components must be a MultivariateNormalTriL, got {type(components_distribution).__name__}")
+        if components_distribution.batch_shape.rank != 1:
+            raise ValueError(f"components must have batch shape [K], got {components_distribution.batch_shape}")
+        super().__init__(mixture_distribution, components_distribution, **kwargs)
+
+    def _log_prob(self, x):
+        components = self.components_distribution
+        loc = tf.convert_to_tensor(components.loc)                                 # [K, L]
+        scale_tril = components.scale.to_dense()                                  # [K, L, L]
+        x = tf.convert_to_tensor(x, loc.dtype)
+        dim = loc.shape[-1]
+        draws = tf.reshape(x, [-1, dim])                                          # [N, L]
+        centred = tf.transpose(draws)[tf.newaxis] - loc[..., tf.newaxis]          # [K, L, N]
+        solved = tf.linalg.triangular_solve(scale_tril, centred, lower=True)      # [K, L, N]
+        log_det = tf.reduce_sum(tf.math.log(tf.abs(tf.linalg.diag_part(scale_tril))), axis=-1)   # [K]
+        log_components = (-0.5 * tf.reduce_sum(tf.square(solved), axis=-2) - log_det[:, tf.newaxis]
+                          - 0.5 * dim * math.log(2 * math.pi))                    # [K, N]
+        log_weights = tf.math.log_softmax(self.mixture_distribution.logits_parameter())   # [K]
+        log_prob = tf.reduce_logsumexp(log_components + log_weights[:, tf.newaxis], axis=0)   # [N]
+        return tf.reshape(log_prob, tf.shape(x)[:-1])
+
+
 def standard_normal(latent_dim: int) -> tfd.Distribution:
     """p(z) = N(0, I) with event shape [latent_dim]."""
     return DiagonalNormal(loc=tf.zeros([latent_dim]), scale_diag=tf.ones([latent_dim]))

@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.config import ConfigError, PositiveInt
-from tfvae.distributions import positive_scale, raw_scale, standard_normal
+from tfvae.distributions import FullCovarianceMixture, positive_scale, raw_scale, standard_normal
 from tfvae.inputs import check_batch
 from tfvae.parts.base import Part, register_part
 
@@ -138,6 +138,8 @@ class VampPrior(Prior):
         params = self.model.encoder_net(self.pseudo_inputs(), None, training=False)
         components = self.model.posterior_family.distribution(params)
         weights = tfd.Categorical(logits=tf.zeros([self.pseudo_inputs_count]))
+        if isinstance(components, tfd.MultivariateNormalTriL):      # the full posterior
+            return FullCovarianceMixture(mixture_distribution=weights, components_distribution=components)
         return tfd.MixtureSameFamily(mixture_distribution=weights, components_distribution=components)
 
 
