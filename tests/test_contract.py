@@ -40,7 +40,11 @@ SMALL = {("prior", "vamp"): {"pseudo_inputs": 3}, ("prior", "mixture"): {"compon
          ("objective", "mssim"): {"power_factors": [1.0], "filter_size": 3},
          ("objective", "semi_amortized"): {"refine_steps": 2}, ("objective", "factor"): {"discriminator_hidden": [8]},
          ("prior", "flow"): {"flow_steps": 1, "made_hidden": [8]}, ("posterior", "iaf"): {
-             "flow_steps": 1, "made_hidden": [8], "context_dim": 2}}
+             "flow_steps": 1, "made_hidden": [8], "context_dim": 2},
+         ("posterior", "categorical"): {"categories": [2]},
+         ("posterior", "gaussian_categorical"): {"continuous_dim": 1, "categories": [2]}}
+# The latent size a posterior needs when TINY's does not fit it (its own sizes add up to it).
+LATENT_DIM = {"gaussian_categorical": 3}
 
 
 def spec(kind, name):
@@ -48,8 +52,9 @@ def spec(kind, name):
 
 
 def build(prior, posterior, objective, **overrides):
-    return VAE(**{**TINY, "prior": spec("prior", prior), "posterior": spec("posterior", posterior),
-                  "objective": spec("objective", objective), **overrides})
+    return VAE(**{**TINY, "latent_dim": LATENT_DIM.get(posterior, TINY["latent_dim"]), "prior": spec("prior", prior),
+                  "posterior": spec("posterior", posterior), "objective": spec("objective", objective),
+                  **overrides})
 
 
 def refusal(prior, posterior, objective) -> str | None:
@@ -195,7 +200,7 @@ def test_the_prior_and_posterior_export_and_reload_through_plain_tensorflow(prio
     tfvae.export(model, str(tmp_path / "served"), k=4, verbose=False)
     served = tf.saved_model.load(str(tmp_path / "served"))
     encoded = served.encode(tf.constant(X))
-    assert encoded["mean"].shape == (len(X), TINY["latent_dim"])
+    assert encoded["mean"].shape == (len(X), model.latent_dim)
     np.testing.assert_allclose(served.elbo(tf.constant(X))["elbo"].numpy(),
                                model.elbo_terms(X, 1, seed=[0, 0])["elbo"].numpy(), rtol=1e-4, atol=1e-4)
     assert served.sample(n=tf.constant(3), seed=tf.constant([1, 2]))["x"].shape == (3, *DATA_SHAPE)

@@ -13,8 +13,9 @@ import tensorflow_probability as tfp
 import tfvae
 import variant_helpers
 from tfvae.config import ConfigError
-from tfvae.models.gumbel_vae import (GumbelVAE, OneHotProduct, RelaxedOneHotProduct, annealed_temperature,
-                                    categorical_kl_to_uniform)
+from tfvae.models.gumbel_vae import GumbelVAE
+from tfvae.parts.categorical import (OneHotProduct, RelaxedOneHotProduct, annealed_temperature,
+                                     categorical_kl_to_uniform)
 
 tfd = tfp.distributions
 

@@ -13,8 +13,9 @@ import tfvae
 import variant_helpers
 from tfvae.config import ConfigError
 from tfvae.models import VAE
-from tfvae.models.gumbel_vae import GumbelVAE, OneHotProduct, RelaxedOneHotProduct
-from tfvae.models.joint_vae import ConcatenatedLatents, JointVAE, capacity_schedule
+from tfvae.models.gumbel_vae import GumbelVAE
+from tfvae.models.joint_vae import JointVAE
+from tfvae.parts.categorical import ConcatenatedLatents, OneHotProduct, RelaxedOneHotProduct, capacity_schedule
 
 SHAPE = (16,)
 NET = {"type": "mlp", "hidden": [8]}
@@ -112,13 +113,13 @@ def test_capacity_schedule_follows_the_formula():
     steps = np.array([0, 3, 10, 25, 1000])
     np.testing.assert_allclose(capacity_schedule(steps, 5.0, 25), 5.0 * np.minimum(1, steps / 25), rtol=1e-6)
     model = JointVAE(**TINY, capacity_c=4.0, capacity_d=4.0, capacity_steps=20)
-    np.testing.assert_allclose(model.current_capacities(), [4.0, np.log(12)], rtol=1e-6)   # outside fit: final
+    np.testing.assert_allclose(model.objective_part.current_capacities(model), [4.0, np.log(12)], rtol=1e-6)   # outside fit: final
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    np.testing.assert_allclose(model.current_capacities(), [0.0, 0.0])
+    np.testing.assert_allclose(model.objective_part.current_capacities(model), [0.0, 0.0])
     model.optimizer.iterations.assign(7)
-    np.testing.assert_allclose(model.current_capacities(), [4.0 * 7 / 20, 4.0 * 7 / 20], rtol=1e-6)
+    np.testing.assert_allclose(model.objective_part.current_capacities(model), [4.0 * 7 / 20, 4.0 * 7 / 20], rtol=1e-6)
     model.optimizer.iterations.assign(15)                   # C_d: 3 nats > log 3 + log 4, capped
-    np.testing.assert_allclose(model.current_capacities(), [3.0, np.log(12)], rtol=1e-6)
+    np.testing.assert_allclose(model.objective_part.current_capacities(model), [3.0, np.log(12)], rtol=1e-6)
 
 
 @pytest.mark.parametrize("relaxed", [False, True])
@@ -150,7 +151,7 @@ def test_fit_decreases_the_loss():
     for name in ("loss", "elbo", "kl_continuous", "kl_discrete"):
         assert np.all(np.isfinite(history[name])), name
     assert history["loss"][-1] < history["loss"][0], history["loss"]
-    np.testing.assert_allclose(model.current_capacities(), [24 / 40, 2 * 24 / 40], rtol=1e-6)     # after 24 steps
+    np.testing.assert_allclose(model.objective_part.current_capacities(model), [24 / 40, 2 * 24 / 40], rtol=1e-6)     # after 24 steps
 
 
 def test_config_round_trip_and_validation():

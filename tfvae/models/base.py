@@ -302,14 +302,11 @@ class BaseVAE(keras.Model):
         return q, z, log_qz, self.decode(z, condition, training=training).log_prob(x)
 
     def analytic_kl(self, q):
-        """KL(q || p(z)) per example in closed form, or None when kl="monte_carlo" or TFP
-        has no closed form for this pair of distributions."""
+        """KL(q || p(z)) per example in closed form, or None when kl="monte_carlo" or the
+        posterior part has none (`Posterior.analytic_kl`: TFP's for the pair by default)."""
         if self.kl_mode != "analytic":
             return None
-        try:
-            return tfd.kl_divergence(q, self.prior())
-        except NotImplementedError:
-            return None
+        return self.posterior_part.analytic_kl(q, self.prior())
 
     def kl_term(self, q, z, log_qz):
         """KL(q || p(z)) per example: `analytic_kl` when there is one, else the Monte Carlo
@@ -436,11 +433,16 @@ class BaseVAE(keras.Model):
         del tape
         return result, gradients
 
+    @contextlib.contextmanager
     def training_scope(self):
-        """A context manager entered around every training step, inside the compiled step: a
-        variant updates a schedule on entry (e.g. the Gumbel-softmax temperature) or holds a
-        mode while its loss is built (relaxed latents). The objective part's by default."""
-        return self.objective_part.training_scope(self)
+        """A context manager entered around every training step, inside the compiled step: the
+        parts' own (`Part.training_scope`), prior, posterior and objective in turn, which update
+        a schedule on entry (e.g. the Gumbel-softmax temperature) or hold a mode while the loss
+        is built (relaxed latents)."""
+        with contextlib.ExitStack() as stack:
+            for part in (self.prior_part, self.posterior_part, self.objective_part):
+                stack.enter_context(part.training_scope(self))
+            yield
 
     def after_train_step(self, result) -> dict:
         """Called after the update, inside the compiled step, with the step's `training_loss` result:

@@ -19,6 +19,7 @@ together (`check_parts`): every refusal says why.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 from tfvae.config import ConfigError, validate
@@ -45,6 +46,11 @@ class Part:
 
     def get_config(self) -> dict:
         return {}
+
+    def training_scope(self, model):
+        """Entered around every training step, inside the compiled step (a schedule, a mode:
+        the categorical posterior's temperature and relaxed latents); nothing by default."""
+        return contextlib.nullcontext()
 
     def spec(self) -> dict:
         """{"type": name, **settings}: what the model's config holds for this part."""

@@ -18,7 +18,6 @@ log q(z) - log p(z) over the objective's own draws (`BaseVAE.kl_term`).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Annotated, Literal
 
@@ -58,10 +57,6 @@ class Objective(Part):
 
     def loss(self, model, x, condition=None, training=False, seed=None) -> TrainingLoss:
         raise NotImplementedError
-
-    def training_scope(self, model):
-        """Entered around every training step (a schedule, a mode); nothing by default."""
-        return contextlib.nullcontext()
 
     def separate_variables(self, model) -> list:
         """Variables this objective trains with an optimizer of its own, which the model's

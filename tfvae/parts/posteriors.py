@@ -36,6 +36,15 @@ class Posterior(Part):
     def distribution(self, params) -> tfd.Distribution:
         raise NotImplementedError
 
+    def analytic_kl(self, q, prior):
+        """KL(q || prior) per example in closed form: TFP's for the pair, None when TFP has none
+        (the model then takes the Monte Carlo KL). A family whose closed form is not TFP's
+        (the categoricals' discrete KL while relaxed) overrides it."""
+        try:
+            return tfd.kl_divergence(q, prior)
+        except NotImplementedError:
+            return None
+
     def decode_point(self, q):
         """The z a reconstruction decodes for q(z|x): its mean (estimated from fixed draws
         when it has no closed form, `moments`)."""
