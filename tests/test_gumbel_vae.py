@@ -247,3 +247,24 @@ def test_export_matches_the_python_model(tmp_path, evaluate_as):
     np.testing.assert_allclose(draws, model.sample(3, seed=[1, 2]).numpy(), rtol=1e-5, atol=1e-6)
     if evaluate_as == "discrete":                      # exact posterior means: the class probabilities
         np.testing.assert_allclose(loaded.encode(X)["mean"].numpy(), model.encode(X).mean().numpy(), rtol=1e-6)
+
+
+def test_the_model_is_the_vae_with_the_categorical_parts():
+    # gumbel_vae is the VAE with the posterior `categorical` and the prior `categorical_uniform`:
+    # built either way, with the same weights, the two compute the same ELBO (one-hot and
+    # relaxed), the same relaxed training loss, and step the temperature alike.
+    model = perturbed(GumbelVAE(**TINY, tau0=0.9, tau_min=0.3, anneal_rate=0.1, seed=3))
+    parts = tfvae.get_model_class("vae")(
+        data_shape=SHAPE, latent_dim=N * K, encoder={"type": "mlp", "hidden": [8]}, seed=3,
+        prior="categorical_uniform",
+        posterior={"type": "categorical", "categories": [K] * N, "tau0": 0.9, "tau_min": 0.3, "anneal_rate": 0.1})
+    parts.set_weights(model.get_weights())
+    np.testing.assert_array_equal(parts.elbo_terms(X, 2, seed=[1, 2])["elbo"], model.elbo_terms(X, 2, seed=[1, 2])["elbo"])
+    with model.relaxed_latents(), parts.posterior_part.latents.relaxed():
+        np.testing.assert_array_equal(parts.training_loss(X, seed=[3, 4]).value, model.training_loss(X, seed=[3, 4]).value)
+    for m in (model, parts):
+        m.compile(optimizer=keras.optimizers.SGD(0.0))
+        m.fit(X, batch_size=5, epochs=2, verbose=0, shuffle=False)
+    temperature = model.current_temperature().numpy()     # set by the 4th step, t = 3
+    assert parts.posterior_part.latents.current_temperature().numpy() == temperature
+    assert temperature == pytest.approx(0.9 * np.exp(-0.1 * 3), rel=1e-6)
