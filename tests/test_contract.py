@@ -226,9 +226,16 @@ def test_the_default_suite_covers_every_part_and_every_prior_posterior_pair():
 
 
 def test_refused_combinations_say_why():
+    # Every refusal names a part. A model built from a refused combination refuses it with the
+    # same message: checked on one refused combination per prior x posterior pair and per
+    # objective (the rules read the parts alone, so the rest refuse the same way).
     assert REFUSALS     # the rules refuse some combinations (a ConfigError at build time)
+    sampled = {}
     for combo, message in REFUSALS.items():
         assert any(name in message for name in combo), (combo, message)
+        sampled.setdefault(combo[:2], combo)
+        sampled.setdefault(combo[2], combo)
+    for combo in set(sampled.values()):
         with pytest.raises(ConfigError) as refused:
             build(*combo)
-        assert str(refused.value) == message, combo
+        assert str(refused.value) == REFUSALS[combo], combo
