@@ -12,7 +12,7 @@ import tensorflow_probability as tfp
 import tfvae
 import tfvae.models.mog_prior  # noqa: F401  (registers "mog_prior")
 import tfvae.models.vamp  # noqa: F401  (registers "vamp")
-from tfvae.distributions import FullCovarianceMixture, positive_scale, raw_scale
+from tfvae.distributions import DiagonalGaussianMixture, FullCovarianceMixture, positive_scale, raw_scale
 from tfvae.inference import importance_sampling
 from tfvae.models import VAE, BaseVAE
 from tfvae.models.mog_prior import MoGPriorVAE
@@ -124,6 +124,30 @@ def test_vamp_prior_with_full_posterior_is_the_brute_force_mixture_of_correlated
         ours, theirs = tf.reduce_sum(prior.log_prob(z)), tf.reduce_sum(general.log_prob(z))
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
     for a, b in zip(tape.gradient(ours, model.trainable_variables), tape.gradient(theirs, model.trainable_variables)):
+        if b is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_diagonal_mixture_priors_agree_with_tfps_mixture_in_value_and_gradient(kind):
+    # The log-density by float64 matrix products (DiagonalGaussianMixture) against TFP's
+    # MixtureSameFamily of the same components, at draws near a narrow component's mean (where
+    # the products' terms cancel) and far from every component.
+    model = make(kind, latent_dim=3)
+    perturb(model, 4)
+    prior = model.prior()
+    assert isinstance(prior, DiagonalGaussianMixture)
+    loc, scale = prior.components_distribution.loc, prior.components_distribution.stddev()
+    near = loc[0] + 0.01 * scale[0] * np.random.default_rng(1).normal(size=(20, 3)).astype(np.float32)
+    z = np.concatenate([near.numpy(), np.random.default_rng(2).normal(scale=3.0, size=(20, 3)).astype(np.float32)])
+    with tf.GradientTape(persistent=True) as tape:
+        prior = model.prior()
+        general = tfp.distributions.MixtureSameFamily(prior.mixture_distribution, prior.components_distribution)
+        ours, theirs = prior.log_prob(z), general.log_prob(z)
+        ours_total, theirs_total = tf.reduce_sum(ours), tf.reduce_sum(theirs)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-5)
+    for a, b in zip(tape.gradient(ours_total, model.trainable_variables),
+                    tape.gradient(theirs_total, model.trainable_variables)):
         if b is not None:
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 

