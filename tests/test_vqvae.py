@@ -1,5 +1,5 @@
-"""VQ-VAE (tfvae.models.vqvae): quantisation against a brute-force numpy nearest neighbour, the
-losses and their gradients against numpy, the straight-through gradient, one EMA step against a
+"""VQ-VAE (tfvae.models.vqvae, made of the parts of tfvae.parts.codebook): quantisation against a
+brute-force numpy nearest neighbour, the losses and their gradients against numpy, the straight-through gradient, one EMA step against a
 numpy re-implementation, the constant KL and the uniform prior, codebook usage against numpy,
 importance sampling = ELBO, fit, config round trip and export."""
 import math
@@ -13,7 +13,8 @@ import tfvae
 import variant_helpers
 from tfvae.config import ConfigError
 from tfvae.inference.importance import importance_sampling
-from tfvae.models.vqvae import VQVAE, codebook_usage, quantize, restart_dead_codes, straight_through
+from tfvae.models.vqvae import VQVAE
+from tfvae.parts.codebook import codebook_usage, quantize, restart_dead_codes, straight_through
 
 SHAPE = (16,)
 L, D, K = 2, 3, 5

@@ -1,232 +1,25 @@
 """VQ-VAE (van den Oord, Vinyals & Kavukcuoglu 2017, "Neural Discrete Representation Learning").
 
-The encoder outputs L vectors z_e(x) = (z_e,1, ..., z_e,L), each of D numbers (one flat
-vector of latent_dim = L * D numbers, so every generic tool sees a single z). A codebook
-e_1..e_K (shape [K, D]) replaces each vector by its nearest code:
-
-    k_l(x) = argmin_j ||z_e,l(x) - e_j||^2,      z_q,l(x) = e_{k_l(x)}.
-
-Gradients pass the quantisation unchanged (straight-through): z_q = sg(e_k) + z_e - sg(z_e),
-whose value is exactly the code and whose gradient with respect to z_e is the identity
-(sg = stop_gradient; the paper's z_e + sg(z_q - z_e), written so that the forward value is
-the code bit for bit). The loss, a mean over the batch of per-example sums over the L
-latents and D dimensions, is
-
-    loss = -log p(x | z_q) + ||sg(z_e) - e||^2 + beta * ||z_e - sg(e)||^2
-
-(reconstruction; codebook loss, which moves the codes; commitment loss, beta = 0.25 by
-default). With `ema=True` the codebook loss is dropped and the codes are exponential moving
-averages of the encoder outputs assigned to them (the paper's appendix A.1), updated in
-`train_step` only, after the gradient step, from the batch's assignments:
-
-    N_j <- gamma N_j + (1 - gamma) n_j,          n_j = #{(b, l): k_l(x_b) = j}
-    m_j <- gamma m_j + (1 - gamma) s_j,          s_j = sum_{(b, l): k_l(x_b) = j} z_e,l(x_b)
-    e_j <- m_j / N~_j,   N~_j = (N_j + eps) / (n + K eps) * n,   n = sum_j N_j
-
-(gamma = `decay`, eps = `epsilon`: Laplace smoothing, as in the authors' Sonnet code, so a
-code nobody picks is never divided by 0). The averages start at N_j = 1, m_j = e_j (one pseudo-assignment at each initial code),
-so the first updates move codes from their initial place instead of collapsing unused ones to
-the origin. Under a `tf.distribute` strategy the counts and sums are summed over replicas
-first, so every replica applies the same update.
-
-Dead codes (optional, with ema: `restart_threshold` > 0): after the EMA step, every code whose
-N_j fell below the threshold is restarted at an encoder output z_e,l(x_b) of the batch drawn
-uniformly at random, with N_j = 1 and m_j = e_j (the random restarts of Dhariwal et al. 2020,
-"Jukebox"). Without them an MLP VQ-VAE with an EMA codebook on binarized MNIST collapses: in a
-step-by-step trace (8 latents x 64 codes) the first ten gradient steps moved the cloud of
-encoder outputs as a whole, by several times its spread, away from the codebook, after which
-one code was nearest to every output of a latent, the decoder learned to ignore it, and
-log p(x|z_q) stayed at the ~-207 nats of a model that outputs the mean image. The zoo preset
-`vqvae_bmnist` without restarts ended its 10 epochs at a test ELBO of -228 nats with
-perplexity 4 (one code per latent), against -125 with them; its gradient-updated codebook
-(ema=False) did not collapse (-134). Restarted codes land inside the cloud and catch it.
-(Under a distribution strategy every replica draws from its own batch; the first replica's
-draw is kept.)
-
-Probabilistic reading (the paper's section 3.1): q(z|x) is the point mass at z_q(x) (one-hot
-over the codes of each latent) and the prior is uniform over the codes of each latent,
-p(z) = prod_l 1/K on code vectors. Hence log q(z_q|x) = 0,
-
-    KL(q(z|x) || p(z)) = L log K           (a constant: it is left out of the loss)
-    ELBO(x) = log p(x | z_q(x)) - L log K,
-
-and the importance-sampled estimate log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x) with z_i ~ q
-has k equal terms, so it equals the ELBO for every k (`tfvae.log_likelihood` and the export's
-`log_likelihood` endpoint give the ELBO; the gap between them is 0 by construction, not
-because q is exact). `prior().log_prob(z)` is -L log K when each of the L vectors of z is a
-code (to float32 round-off) and -inf otherwise (a probability mass function on the codebook).
-
-The KL warm-up weight `kl_weight` has no effect: the KL is constant and not in the loss.
-`fit` also reports `quantization_error` (||z_e - e||^2 per example), and the codebook usage
-of each batch: `perplexity`, exp of the entropy of the code frequencies over the B * L
-assignments (K when all codes are used equally, 1 when one code takes everything), and
-`codes_used`, the fraction of the K codes chosen at least once.
+The model `vqvae` is the VAE made of three parts of `tfvae.parts.codebook`, which holds the math:
+the posterior `vector_quantized` (each of the encoder's L output vectors of D numbers snapped to
+the nearest of K learned codes, straight-through gradients, the codebook learned by gradients or
+as exponential moving averages with dead-code restarts), the prior `uniform_codebook` (uniform
+over the codes of each latent: KL = L log K, a constant, and log p(x) = ELBO) and the objective
+`vq` (reconstruction + codebook + commitment losses). This class keeps the paper's arguments
+(L, D, K) and gives the codebook's variables and EMA step the model's own names.
 """
 from __future__ import annotations
 
-import math
-from typing import Annotated
-
-import keras
-import tensorflow as tf
-import tensorflow_probability as tfp
-
-from tfvae import seeds
-from tfvae.config import Check, ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, validate
-from tfvae.models.base import BaseVAE, TrainingLoss
+from tfvae.config import ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, validate
+from tfvae.models.base import BaseVAE, with_fixed_parts
+from tfvae.parts.codebook import DecayRate
 from tfvae.registry import register
-from tfvae.seeds import as_seed
-
-tfd = tfp.distributions
-
-DecayRate = Annotated[float, Check(lambda v: 0 <= v < 1, "in [0, 1)")]
-CODE_RTOL, CODE_ATOL = 1e-5, 1e-6     # how close z must be to a code for p(z) > 0
-USAGE = ("quantization_error", "perplexity", "codes_used")
 
 
-# --------------------------------------------------------------------- quantisation
-def nearest_codes(z_e, codebook, num_latents: int):
-    """k_l = argmin_j ||z_e,l - e_j||^2 for z_e [..., L * D] split into L vectors of D and a
-    codebook [K, D]: int32 indices [..., L]."""
-    z_e = tf.convert_to_tensor(z_e, tf.float32)
-    codebook = tf.convert_to_tensor(codebook, tf.float32)
-    dim = codebook.shape[-1]
-    flat = tf.reshape(z_e, [-1, dim])
-    distances = (tf.reduce_sum(tf.square(flat), axis=-1, keepdims=True)
-                 - 2.0 * tf.matmul(flat, codebook, transpose_b=True)
-                 + tf.reduce_sum(tf.square(codebook), axis=-1)[tf.newaxis])           # [N * L, K]
-    indices = tf.argmin(distances, axis=-1, output_type=tf.int32)
-    return tf.reshape(indices, tf.concat([tf.shape(z_e)[:-1], [num_latents]], axis=0))
-
-
-def quantize(z_e, codebook, num_latents: int):
-    """(codes [..., L * D], indices [..., L]): each of the L vectors of z_e replaced by its
-    nearest code. The codes are differentiable with respect to the codebook only."""
-    indices = nearest_codes(z_e, codebook, num_latents)
-    codes = tf.gather(tf.convert_to_tensor(codebook, tf.float32), indices)             # [..., L, D]
-    return tf.reshape(codes, tf.shape(z_e)), indices
-
-
-def straight_through(z_e, codes):
-    """sg(codes) + z_e - sg(z_e): the value of the codes, the gradient of z_e (identity)."""
-    return tf.stop_gradient(codes) + (z_e - tf.stop_gradient(z_e))
-
-
-def codebook_usage(indices, codebook_size: int):
-    """(perplexity, fraction of codes used), scalars, of the code indices (any shape):
-    exp(-sum_j p_j log p_j) with p_j the frequency of code j, and #{j: p_j > 0} / K."""
-    # A sum of one-hot rows, not tf.math.bincount: XLA has no kernel for bincount.
-    counts = tf.reduce_sum(tf.one_hot(tf.reshape(indices, [-1]), codebook_size, dtype=tf.float32), axis=0)
-    p = counts / tf.reduce_sum(counts)
-    perplexity = tf.exp(-tf.reduce_sum(tf.math.xlogy(p, p)))
-    return perplexity, tf.reduce_mean(tf.cast(counts > 0, tf.float32))
-
-
-def assignment_statistics(vectors, indices, codebook_size: int):
-    """(n [K], s [K, D]): how many of the vectors [N, D] each code got (indices [N]), and
-    the sum of those vectors."""
-    one_hot = tf.one_hot(tf.reshape(indices, [-1]), codebook_size, dtype=tf.float32)        # [N, K]
-    return tf.reduce_sum(one_hot, axis=0), tf.matmul(one_hot, vectors, transpose_a=True)
-
-
-def restart_dead_codes(cluster_size, embed_sum, codebook, vectors, threshold: float, seed):
-    """(N, m, codebook) with every code whose N_j < threshold moved to one of the vectors
-    [N, D] drawn uniformly at random (stateless `seed`, shape [2]), with N_j = 1, m_j = e_j."""
-    dead = cluster_size < threshold                                                     # [K]
-    picks = seeds.integers(tf.shape(cluster_size), seed, tf.shape(vectors)[0])
-    fresh = tf.gather(vectors, picks)                                                   # [K, D]
-    codebook = tf.where(dead[:, tf.newaxis], fresh, codebook)
-    embed_sum = tf.where(dead[:, tf.newaxis], fresh, embed_sum)
-    return tf.where(dead, tf.ones_like(cluster_size), cluster_size), embed_sum, codebook
-
-
-def ema_codebook(cluster_size, embed_sum, counts, sums, decay: float, epsilon: float):
-    """One EMA step (module docstring): (N [K], m [K, D], codebook [K, D]) after
-    N <- decay N + (1 - decay) n, m <- decay m + (1 - decay) s, e = m / N~ (Laplace smoothed)."""
-    cluster_size = decay * cluster_size + (1.0 - decay) * counts
-    embed_sum = decay * embed_sum + (1.0 - decay) * sums
-    total = tf.reduce_sum(cluster_size)
-    size = tf.cast(tf.shape(cluster_size)[0], tf.float32)
-    smoothed = (cluster_size + epsilon) / (total + size * epsilon) * total
-    return cluster_size, embed_sum, embed_sum / smoothed[:, tf.newaxis]
-
-
-# --------------------------------------------------------------------- distributions
-class UniformCodebookPrior(tfd.Distribution):
-    """p(z) = prod_l 1/K over z = (e_{k_1}, ..., e_{k_L}), k_l uniform on 1..K, independently:
-    batch shape [], event shape [L * D].
-
-    `sample` draws the L code indices uniformly and looks the codes up (not reparameterised);
-    `log_prob(z)` [...] is -L log K when every vector of z is a code (to float32 round-off),
-    else -inf.
-    """
-
-    def __init__(self, codebook, num_latents: int, name: str = "UniformCodebookPrior"):
-        parameters = dict(locals())
-        self._codebook = tf.convert_to_tensor(codebook, tf.float32)
-        self._num_latents = int(num_latents)
-        self._size, self._dim = self._codebook.shape
-        super().__init__(dtype=tf.float32, reparameterization_type=tfd.NOT_REPARAMETERIZED,
-                         validate_args=False, allow_nan_stats=True, parameters=parameters, name=name)
-
-    @property
-    def codebook(self):
-        return self._codebook
-
-    def _batch_shape(self):
-        return tf.TensorShape([])
-
-    def _batch_shape_tensor(self):
-        return tf.constant([], tf.int32)
-
-    def _event_shape(self):
-        return tf.TensorShape([self._num_latents * self._dim])
-
-    def _event_shape_tensor(self):
-        return tf.constant([self._num_latents * self._dim], tf.int32)
-
-    def _sample_n(self, n, seed=None):
-        indices = seeds.integers([n, self._num_latents], tfp.random.sanitize_seed(seed), self._size)
-        return tf.reshape(tf.gather(self._codebook, indices), [n, self._num_latents * self._dim])
-
-    def _log_prob(self, z):
-        z = tf.convert_to_tensor(z, tf.float32)
-        codes, _ = quantize(z, self._codebook, self._num_latents)
-        on_codebook = tf.reduce_all(tf.abs(z - codes) <= CODE_ATOL + CODE_RTOL * tf.abs(codes), axis=-1)
-        return tf.where(on_codebook, -self._num_latents * math.log(self._size), -math.inf)
-
-    def _entropy(self):
-        return tf.constant(self._num_latents * math.log(self._size), tf.float32)
-
-
-def point_mass(z):
-    """q(z|x) = delta(z - z_q(x)) for z_q [B, L * D]: batch shape [B], event [L * D];
-    log q = 0 at z_q, mean z_q, stddev 0."""
-    return tfd.Independent(tfd.Deterministic(loc=z), reinterpreted_batch_ndims=1)
-
-
-class VectorQuantizedPosterior:
-    """The posterior family of the VQ-VAE: the encoder's raw output is z_e [B, L * D] and
-    q(z|x) is the point mass at its straight-through quantisation z_q (`point_mass`)."""
-
-    def __init__(self, codebook, num_latents: int):
-        self.codebook, self.num_latents = codebook, num_latents
-
-    @staticmethod
-    def num_params(latent_dim: int) -> int:
-        return latent_dim
-
-    def distribution(self, params) -> tfd.Distribution:
-        z_e = tf.cast(params, tf.float32)
-        codes, _ = quantize(z_e, self.codebook, self.num_latents)
-        return point_mass(straight_through(z_e, codes))
-
-
-# --------------------------------------------------------------------- the model
 @register("vqvae")
 class VQVAE(BaseVAE):
     """VQ-VAE: L encoder vectors of size D, each replaced by the nearest of K codes; a
-    uniform prior over codes and a point-mass q (see the module docstring for the math).
+    uniform prior over codes and a point-mass q (`tfvae.parts.codebook` has the math).
 
     Args:
       num_latents: L, the number of discrete latents per example.
@@ -237,142 +30,61 @@ class VQVAE(BaseVAE):
         are not trainable) instead of by gradients of the codebook loss.
       decay: gamma of the moving averages (with ema).
       epsilon: Laplace smoothing of the cluster sizes (with ema).
-      restart_threshold: with ema, restart the codes whose EMA cluster size N_j falls below
-        this at random encoder outputs of the batch (0: never, the paper's algorithm; 1 is
-        Jukebox's value: a code must win about one of the B * L assignments per batch).
+      restart_threshold: with ema, restart the codes whose EMA cluster size falls below this
+        at random encoder outputs of the batch (0: never, the paper's algorithm).
       latent_dim: L * D; may be given (e.g. by `get_config`) but must equal it.
-      kl: either value gives the same KL, L log K ("analytic": the constant; "monte_carlo":
-        log q(z_q) - log p(z_q) = 0 + L log K).
-      Other args as `BaseVAE`.
+      kl: either value gives the same KL, L log K.
+      Other args as `BaseVAE` (but `prior`, `posterior` and `objective`).
 
-    The codebook starts uniform in [-sqrt(3 / D), sqrt(3 / D)]: each code has expected
-    squared norm 1, about the scale of an MLP encoder's initial outputs. The default sizes
-    are those of the zoo preset `vqvae_bmnist` (which also turns on ema and restarts).
+    The default sizes are those of the zoo preset `vqvae_bmnist` (which also turns on ema and
+    restarts).
     """
 
-    euclidean_latent = False
-
-    extra_metrics = USAGE
+    fixed_parts = ("prior", "posterior", "objective")
 
     def __init__(self, num_latents: PositiveInt = 4, embedding_dim: PositiveInt = 16,
                  codebook_size: PositiveInt = 256, commitment_cost: NonNegativeFloat = 0.25, ema: bool = False,
                  decay: DecayRate = 0.99, epsilon: PositiveFloat = 1e-5, restart_threshold: NonNegativeFloat = 0.0,
                  latent_dim: PositiveInt | None = None, **base):
+        where = f"model {base.get('name') or 'vqvae'!r}"
         args = validate(VQVAE, dict(num_latents=num_latents, embedding_dim=embedding_dim,
                                     codebook_size=codebook_size, commitment_cost=commitment_cost, ema=ema,
                                     decay=decay, epsilon=epsilon, restart_threshold=restart_threshold,
-                                    latent_dim=latent_dim),
-                        "model 'vqvae'", fill_defaults=False)
+                                    latent_dim=latent_dim), where, fill_defaults=False)
         total = args["num_latents"] * args["embedding_dim"]
         if args["latent_dim"] is not None and args["latent_dim"] != total:
-            raise ConfigError(f"model 'vqvae': latent_dim must be num_latents * embedding_dim = "
+            raise ConfigError(f"{where}: latent_dim must be num_latents * embedding_dim = "
                               f"{args['num_latents']} * {args['embedding_dim']} = {total}, got {latent_dim} "
                               f"(leave latent_dim out)")
-        if args["restart_threshold"] > 0 and not args["ema"]:
-            raise ConfigError(f"model 'vqvae': restart_threshold={restart_threshold} needs ema=True (the EMA "
-                              f"cluster sizes are what measures how much a code is used)")
-        self.num_latents, self.embedding_dim = args["num_latents"], args["embedding_dim"]
-        self.codebook_size, self.commitment_cost = args["codebook_size"], args["commitment_cost"]
-        self.ema, self.decay, self.epsilon = args["ema"], args["decay"], args["epsilon"]
-        self.restart_threshold = args["restart_threshold"]
-        super().__init__(latent_dim=total, **base)
-        self.posterior_family = VectorQuantizedPosterior(self.codebook, self.num_latents)
-
-    def encoder_output_units(self) -> int:
-        """z_e: L * D numbers."""
-        return self.latent_dim
-
-    def build_variant(self):
-        """The codebook [K, D] (trainable unless ema), the EMA statistics (cluster sizes [K]
-        and sums [K, D], with ema) and the usage metrics."""
-        limit = math.sqrt(3.0 / self.embedding_dim)
-        # With ema the three are assigned inside the replicas' step, to the same value in
-        # every replica (the statistics are summed over replicas first): keep the first's.
-        aggregation = "only_first_replica" if self.ema else "none"
-        self.codebook = self.add_weight(
-            shape=(self.codebook_size, self.embedding_dim), dtype="float32", name="codebook",
-            initializer=keras.initializers.RandomUniform(-limit, limit, seed=self.seed),
-            trainable=not self.ema, aggregation=aggregation)
-        if self.ema:
-            self.cluster_size = self.add_weight(shape=(self.codebook_size,), dtype="float32", initializer="ones",
-                                                trainable=False, aggregation=aggregation, name="ema_cluster_size")
-            self.embed_sum = self.add_weight(shape=(self.codebook_size, self.embedding_dim), dtype="float32",
-                                             initializer="zeros", trainable=False, aggregation=aggregation,
-                                             name="ema_embed_sum")
-            self.embed_sum.assign(self.codebook)
+        self.embedding_dim = args["embedding_dim"]
+        posterior = {"type": "vector_quantized",
+                     **{key: args[key] for key in ("num_latents", "codebook_size", "ema", "decay", "epsilon",
+                                                   "restart_threshold")}}
+        objective = {"type": "vq", "commitment_cost": args["commitment_cost"]}
+        super().__init__(latent_dim=total, **with_fixed_parts("vqvae", base, prior={"type": "uniform_codebook"},
+                                                               posterior=posterior, objective=objective))
 
     def get_config(self):
-        return {**super().get_config(), "num_latents": self.num_latents, "embedding_dim": self.embedding_dim,
-                "codebook_size": self.codebook_size, "commitment_cost": self.commitment_cost, "ema": self.ema,
-                "decay": self.decay, "epsilon": self.epsilon,
-                "restart_threshold": self.restart_threshold}
+        posterior = self.posterior_part.get_config()
+        return {**super().get_config(), "embedding_dim": self.embedding_dim,
+                "commitment_cost": self.objective_part.commitment_cost, **posterior}
 
-    # ----------------------------------------------------------------- distributions
-    def prior(self) -> tfd.Distribution:
-        """p(z): uniform over the K codes for each of the L latents (`UniformCodebookPrior`)."""
-        return UniformCodebookPrior(self.codebook, self.num_latents)
+    # The posterior part's codebook, its moving averages and their EMA step, as the model's own.
+    @property
+    def codebook(self):
+        return self.posterior_part.codebook
 
-    def analytic_kl(self, q):
-        """KL(q || p) = L log K per example, [B] (None with kl="monte_carlo", whose Monte
-        Carlo estimate gives the same value)."""
-        if self.kl_mode != "analytic":
-            return None
-        return tf.fill(q.batch_shape_tensor(), tf.constant(self.num_latents * math.log(self.codebook_size),
-                                                           tf.float32))
+    @property
+    def cluster_size(self):
+        return self.posterior_part.cluster_size
 
-    # ----------------------------------------------------------------- objective
-    def quantized(self, x, condition=None, training=False) -> dict:
-        """The encoder's output and its quantisation for x [B, ...]: z_e, codes (each
-        [B, L * D]), indices [B, L] and q (the point mass at the straight-through z_q)."""
-        z_e = self.posterior_params(x, condition, training=training)
-        codes, indices = quantize(z_e, self.codebook, self.num_latents)
-        return {"z_e": z_e, "codes": codes, "indices": indices, "posterior": point_mass(straight_through(z_e, codes))}
-
-    def training_loss(self, x, condition=None, training=False, seed=None) -> TrainingLoss:
-        """The loss of the module docstring; terms: the ELBO terms [B] of z_q,
-        `quantization_error` [B] and the batch's `perplexity` and `codes_used` (scalars). q is
-        a point mass, so `seed` draws nothing (a constant one spares the seed stream)."""
-        vq = self.quantized(x, condition, training)
-        terms = self.elbo_terms(x, 1, condition, seed=(0, 0), posterior=vq["posterior"], training=training)
-        z_e, codes = vq["z_e"], vq["codes"]
-        commitment = tf.reduce_sum(tf.square(z_e - tf.stop_gradient(codes)), axis=-1)
-        vq_loss = self.commitment_cost * commitment
-        if not self.ema:
-            vq_loss += tf.reduce_sum(tf.square(tf.stop_gradient(z_e) - codes), axis=-1)
-        loss = -tf.reduce_mean(terms["log_px_z"]) + tf.reduce_mean(vq_loss)
-        perplexity, used = codebook_usage(vq["indices"], self.codebook_size)
-        terms = {**terms, "quantization_error": tf.stop_gradient(commitment), "perplexity": perplexity,
-                 "codes_used": used}
-        return TrainingLoss(loss, terms, aux={"z_e": z_e, "indices": vq["indices"]})
+    @property
+    def embed_sum(self):
+        return self.posterior_part.embed_sum
 
     def update_codebook(self, z_e, indices, seed=(0, 0)):
-        """One EMA step of the codebook from encoder outputs z_e [B, L * D] assigned to the
-        codes `indices` [B, L] (summed over replicas under a distribution strategy), then the
-        restarts of dead codes (stateless `seed`) when restart_threshold > 0."""
-        vectors = tf.reshape(tf.stop_gradient(z_e), [-1, self.embedding_dim])
-        counts, sums = assignment_statistics(vectors, indices, self.codebook_size)
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            counts, sums = context.all_reduce("sum", [counts, sums])
-        cluster_size, embed_sum, codebook = ema_codebook(self.cluster_size, self.embed_sum, counts, sums,
-                                                         self.decay, self.epsilon)
-        if self.restart_threshold > 0:
-            cluster_size, embed_sum, codebook = restart_dead_codes(
-                cluster_size, embed_sum, codebook, vectors, self.restart_threshold, as_seed(seed))
-        self.cluster_size.assign(cluster_size)
-        self.embed_sum.assign(embed_sum)
-        self.codebook.assign(codebook)
-
-    # ----------------------------------------------------------------- fit
-    def after_train_step(self, result) -> dict:
-        """With `ema`, the codebook's EMA step on the step's encoder outputs and codes, seeded
-        per step and the same in every replica: (seed, 0) folded with the step count."""
-        if self.ema:
-            step = tf.cast(self.optimizer.iterations, tf.int32)
-            self.update_codebook(result.aux["z_e"], result.aux["indices"],
-                                 tf.random.experimental.stateless_fold_in(as_seed(self.seed), step))
-        return {}
+        """The posterior's EMA step (`VectorQuantizedPosterior.update_codebook`)."""
+        self.posterior_part.update_codebook(z_e, indices, seed)
 
 
-__all__ = ["UniformCodebookPrior", "VQVAE", "VectorQuantizedPosterior", "assignment_statistics", "codebook_usage",
-           "ema_codebook", "nearest_codes", "point_mass", "quantize", "restart_dead_codes", "straight_through"]
+__all__ = ["VQVAE"]

@@ -24,11 +24,14 @@ class Posterior(Part):
     """q(z|x) from the encoder's raw output. `latent_space` must match the prior's.
     `density_anywhere`: log q(z|x) at a z the family did not draw costs one evaluation (a
     closed form); a flow's needs its inverse, and a prior built from the posterior (the
-    VampPrior) needs exactly that."""
+    VampPrior) needs exactly that. `objectives`: the objectives it trains under, when it has
+    parameters only they train (the VQ codebook), and `objectives_reason`, why."""
 
     latent_space = "euclidean"
     density_anywhere = True
     supports_jit = True       # False: its sampling has no XLA kernel (the model trains without XLA)
+    objectives: tuple[str, ...] = ()   # the only objectives it trains under (empty: any), and why
+    objectives_reason = ""
 
     def num_params(self, latent_dim: int) -> int:
         raise NotImplementedError

@@ -9,6 +9,8 @@
   network passes per component and draw).
 - An objective that works with some posteriors only names them (`Objective.posteriors`) and
   why: e.g. beta-TCVAE's estimator needs a diagonal Gaussian's per-dimension densities.
+- A posterior whose parameters only some objectives train names those (`Posterior.objectives`)
+  and why: the VQ codebook learns through the vq objective's losses or its EMA step only.
 A refusal is a ConfigError that names both parts and says why.
 """
 from __future__ import annotations
@@ -30,6 +32,9 @@ def check_parts(prior, posterior, objective):
     if objective.posteriors and posterior.registered_name not in objective.posteriors:
         raise ConfigError(f"{objective!r} works with the posterior {' or '.join(map(repr, objective.posteriors))} "
                           f"only, not {posterior.registered_name!r}: {objective.posteriors_reason}")
+    if posterior.objectives and objective.registered_name not in posterior.objectives:
+        raise ConfigError(f"{posterior!r} trains under the objective {' or '.join(map(repr, posterior.objectives))} "
+                          f"only, not {objective.registered_name!r}: {posterior.objectives_reason}")
 
 
 __all__ = ["check_parts"]
