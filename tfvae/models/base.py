@@ -35,7 +35,7 @@ import tensorflow_probability as tfp
 
 from tfvae import steps
 from tfvae.config import ConfigError, NonNegativeInt, PositiveInt, Sizes, validate
-from tfvae.distributions import LIKELIHOODS, build_likelihood, moments, normalize_spec
+from tfvae.distributions import LIKELIHOODS, build_likelihood, normalize_spec
 from tfvae.inputs import (RefusedBatch, as_float_tensor, check_batch, check_condition, check_sample_count,
                           checked_in_pipeline)
 from tfvae.nets import build_decoder, build_encoder, normalize_net_spec
@@ -150,8 +150,6 @@ class BaseVAE(keras.Model):
         self.prior_part = build_part("prior", args["prior"])
         self.posterior_part = build_part("posterior", args["posterior"])
         self.objective_part = build_part("objective", args["objective"])
-        if not hasattr(self, "posterior_family"):      # a variant may bring its own family
-            self.posterior_family = self.posterior_part
         # Keras' attribute: jit_compile="auto" (and tfvae's presets) leave XLA off unless every
         # part samples with ops XLA has kernels for (not the Power Spherical's gamma draws).
         self.supports_jit = all(getattr(part, "supports_jit", True)
@@ -178,12 +176,18 @@ class BaseVAE(keras.Model):
         self.build()
 
     @property
+    def posterior_family(self):
+        """What maps the encoder's raw output to q(z|x) (`num_params`, `distribution`): the
+        posterior part; a model whose posterior is not a part (the hierarchical ones) gives its own."""
+        return self.posterior_part
+
+    @property
     def euclidean_latent(self) -> bool:
         """z ranges over R^latent_dim and p(z) has a density there, so the per-example Gaussian
         and flow posteriors and the point estimates of `tfvae.inference` apply: the posterior's
         latent space is "euclidean". False for latents on a sphere (the spherical parts), a
-        simplex (gumbel_vae) or a codebook (vqvae)."""
-        return getattr(self.posterior_family, "latent_space", "euclidean") == "euclidean"
+        simplex (the categorical ones) or a codebook (vector_quantized)."""
+        return self.posterior_part.latent_space == "euclidean"
 
     # ----------------------------------------------------------------- network sizes
     # Hooks for variants whose networks do not map x -> q(z|x) and z -> p(x|z) over the whole
@@ -207,8 +211,7 @@ class BaseVAE(keras.Model):
     def build(self, input_shape=None):
         if self.built:
             return
-        if self.posterior_family is self.posterior_part:    # not a variant with a family of its own
-            check_parts(self.prior_part, self.posterior_part, self.objective_part)
+        check_parts(self.prior_part, self.posterior_part, self.objective_part)
         for layer in (self.likelihood, self.encoder_net, self.decoder_net):
             layer.build()
         for part in (self.prior_part, self.posterior_part, self.objective_part):
@@ -579,8 +582,7 @@ class BaseVAE(keras.Model):
         from fixed draws when q has no closed form, e.g. a flow; see `moments`), or the point
         the posterior part decodes instead (`decode_point`: the mean direction on a sphere)."""
         q = self.encode(x, condition, training=training)
-        point = self.posterior_family.decode_point(q) if hasattr(self.posterior_family, "decode_point") else moments(q)[0]
-        return self.decode(point, condition, training=training).mean()
+        return self.decode(self.posterior_part.decode_point(q), condition, training=training).mean()
 
     def sample(self, n: int, seed=None, condition=None, mean: bool = True):
         """n draws x ~ p(x|z), z ~ p(z); the means of p(x|z) when `mean` (images without

@@ -26,7 +26,8 @@ import tensorflow_probability as tfp
 
 from tfvae.config import ConfigError
 from tfvae.distributions import DiagonalGaussianPosterior, standard_normal
-from tfvae.models.base import BaseVAE
+from tfvae.models.base import DEFAULT_PARTS, BaseVAE
+from tfvae.parts import build_part
 from tfvae.nets.mlp import check_activation, dense_stack
 
 tfd = tfp.distributions
@@ -175,7 +176,28 @@ class TwoLayerVAE(BaseVAE):
     and `posterior_from_params` (q(z|x) from the per-example parameters that
     `posterior_params` returns). With a single layer (latent_dims = [d], where a subclass
     allows it) the model is the plain VAE: z = z1, p(z1) = N(0, I).
+
+    The prior and the posterior are the model's own, not parts: a `prior` or `posterior` in
+    its config is refused, and so is an objective that works with named posteriors only
+    (`Objective.posteriors`, e.g. beta-TCVAE's diagonal Gaussian) when there are two layers.
+    Any other objective applies (e.g. {type: iwae, k: 5}).
     """
+
+    fixed_parts = ("prior", "posterior")
+
+    def __init__(self, latent_dim: int, **base):
+        where = f"model {base.get('name') or self.registered_name!r}"
+        for kind in self.fixed_parts:      # the default part, which configs of earlier versions hold, is accepted
+            if base.get(kind) not in (None, DEFAULT_PARTS[kind], {"type": DEFAULT_PARTS[kind]}):
+                raise ConfigError(f"{where} has its own {kind} over the stochastic layers, not a {kind} part: "
+                                  f"it takes no {kind!r} (for another {kind}, use class 'vae' with {kind}: "
+                                  f"{{type: ...}})")
+        objective = build_part("objective", base.get("objective", "elbo"))
+        if self.hierarchical and objective.posteriors:
+            raise ConfigError(f"{where}: {objective!r} works with the posterior "
+                              f"{' or '.join(map(repr, objective.posteriors))} only, and this model's posterior "
+                              f"is its own chain over [z1, z2] ({objective.posteriors_reason})")
+        super().__init__(latent_dim=latent_dim, **{k: v for k, v in base.items() if k not in self.fixed_parts})
 
     def _set_hierarchy_config(self, dims, **extra):
         """Stores the layer sizes and the subclass's own arguments (JSON-safe) before
