@@ -249,6 +249,20 @@ def test_bad_arguments_raise_config_errors(make, overrides, message):
         make(**overrides)
 
 
+@pytest.mark.parametrize("kind", sorted(MAKERS))
+def test_the_own_prior_and_posterior_refuse_parts_instead_of_ignoring_them(kind):
+    # Earlier a prior or posterior part given to these models was built and never used.
+    make = MAKERS[kind]
+    for given, message in (({"prior": {"type": "vamp", "pseudo_inputs": 3}}, "takes no 'prior'"),
+                           ({"posterior": "iaf"}, "takes no 'posterior'"),
+                           ({"objective": "beta_tcvae"}, "posterior is its own chain")):
+        with pytest.raises(ConfigError, match=message):
+            make(**given)
+    # The default parts, which configs written by earlier versions hold, and any other objective pass.
+    model = make(prior="standard_normal", posterior={"type": "diagonal"}, objective={"type": "iwae", "k": 2})
+    assert "prior" not in model.get_config() and model.get_config()["objective"]["type"] == "iwae"
+
+
 def test_bad_activation_and_unknown_key():
     with pytest.raises(ValueError, match="unknown activation"):
         tiny_hvae2(stochastic_activation="wiggle")
