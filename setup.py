@@ -34,6 +34,6 @@ setup(
         "matplotlib",
         "pillow",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5", "hypothesis>=6"]},
     entry_points={"console_scripts": ["tfvae=tfvae.cli:main"]},
 )
