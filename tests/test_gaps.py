@@ -268,3 +268,37 @@ def test_per_example_inference_refuses_a_latent_off_euclidean_space():
                 lambda: gap_report(model, x, k=2, steps=2)):
         with pytest.raises(ValueError, match="not Euclidean"):
             run()
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_comparison_table_puts_the_reference_first_and_takes_each_models_best_family():
+    from tfvae.inference.gaps import gap_comparison_table
+    with open(os.path.join(REPO, "docs", "gaps_vae_bmnist", "gaps.json")) as f:
+        reference = json.load(f)
+    other = json.loads(json.dumps(reference))                   # a second model: its diagonal q* is the best
+    other["paths"]["diag"]["elbo"]["mean"] = -80.0
+    del other["paths"]["semi_amortized"]
+    table = gap_comparison_table({"zz_model": other, "aa_model": other, "vae_bmnist": reference})
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == ["vae_bmnist", "aa_model", "zz_model"] * 2
+    best = {name: max(("diag", "full", "flow"), key=lambda f: report["paths"][f]["elbo"]["mean"])
+            for name, report in (("vae_bmnist", reference), ("aa_model", other))}
+    assert best == {"vae_bmnist": "flow", "aa_model": "diag"}
+    for row, name, report in ((rows[3], "vae_bmnist", reference), (rows[4], "aa_model", other)):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        gaps = report["gaps"][best[name]]
+        assert cells[2:5] == [f"{gaps['amortization']['mean']:.2f} ± {gaps['amortization']['se']:.2f}",
+                              f"{gaps['approximation']['mean']:.2f} ± {gaps['approximation']['se']:.2f}", best[name]]
+    assert rows[1].split("|")[3].strip() == "–"                 # no semi-amortized path in that report
+
+
+def test_the_readme_shows_the_gap_reports_as_measured():
+    from tfvae.inference.gaps import read_gap_reports, replace_gap_table
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    reports = read_gap_reports(os.path.join(REPO, "docs"))
+    assert "vae_bmnist" in reports
+    assert replace_gap_table(readme, reports) == readme, \
+        "the README's gap tables are stale: run python scripts/gaps_table.py --write"

@@ -59,3 +59,13 @@ def remove_stale_temporaries(directory: str) -> list[str]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def replace_marked_block(text: str, name: str, block: str) -> str:
+    """`text` with what lies between the lines `<!-- NAME:start -->` and `<!-- NAME:end -->`
+    replaced by `block` (the README's generated tables). ValueError when the markers are missing."""
+    start_marker, end_marker = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start < 0 or end < start:
+        raise ValueError(f"no {start_marker} ... {end_marker} block to replace")
+    return text[:start + len(start_marker)] + "\n" + block + text[end:]

@@ -31,7 +31,7 @@ import yaml
 
 from tfvae.inference import evaluate
 from tfvae.inference.units import active_units
-from tfvae.io import atomic_path, atomic_write_text
+from tfvae.io import atomic_path, atomic_write_text, replace_marked_block
 from tfvae.presets import (build_model, file_sha256, list_presets, load_preset, load_weights, parse_preset,
                            pretrained_weights_path)
 from tfvae.training.run import BEST_WEIGHTS_FILE, load_eval_data, started_with
@@ -180,9 +180,6 @@ def write_pretrained_section(yaml_path: str, section: dict):
     atomic_write_text(yaml_path, text)
 
 
-TABLE_START, TABLE_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
-
-
 def zoo_table() -> str:
     """The zoo table of the README, from the presets' YAML files: per preset the protocol its
     shipped weights were trained with, the epochs run (and the best, whose weights ship), the
@@ -223,7 +220,4 @@ def zoo_table() -> str:
 
 def replace_zoo_table(text: str) -> str:
     """`text` (the README) with the part between the zoo-table markers replaced by `zoo_table()`."""
-    start, end = text.find(TABLE_START), text.find(TABLE_END)
-    if start < 0 or end < start:
-        raise ValueError(f"no {TABLE_START} ... {TABLE_END} block to replace")
-    return text[:start + len(TABLE_START)] + "\n" + zoo_table() + text[end:]
+    return replace_marked_block(text, "zoo-table", zoo_table())

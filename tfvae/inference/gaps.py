@@ -37,7 +37,7 @@ from tfvae.inference.optimize import check_euclidean_latent, optimize_posterior
 from tfvae.inference.points import laplace_log_likelihood, point_estimate
 from tfvae.inference.units import active_units
 from tfvae.inputs import check_batch, check_condition, check_count
-from tfvae.io import atomic_write_text
+from tfvae.io import atomic_write_text, replace_marked_block
 from tfvae.parts.refine import refine_posterior
 
 IS_BATCH = 100          # examples per importance-sampling call
@@ -280,6 +280,65 @@ def format_gap_table(report: dict) -> str:
     units = report["active_units"]
     lines += ["", f"  active units (Var_x E_q[z_i] > {units['threshold']}): {units['active']} of {units['latent_dim']}"]
     return "\n".join(lines)
+
+
+REFERENCE_MODEL = "vae_bmnist"      # the comparison table's first row: the plain VAE the others improve on
+
+
+def gap_comparison_table(reports: dict) -> str:
+    """The reports of several models (name -> `gap_report` dict) as two Markdown tables: the
+    ELBO of each inference path and log p(x) (mean ± s.e., nats), then the gaps (against the
+    best q* family: the one whose ELBO is highest) and the time per example of each path.
+    `REFERENCE_MODEL` first, then the others by name."""
+    def pm(stat):
+        return f"{stat['mean']:.2f} ± {stat['se']:.2f}"
+
+    def ms(seconds):
+        value = 1000 * seconds
+        return f"{value:,.0f} ms" if value >= 100 else f"{value:.2g} ms" if value < 1 else f"{value:.1f} ms"
+
+    names = sorted(reports, key=lambda name: (name != REFERENCE_MODEL, name))
+    families = [family for family in ("diag", "full", "flow") if any(family in r["paths"] for r in reports.values())]
+
+    def cell(report, path, value):
+        return value(report["paths"][path]) if path in report["paths"] else "–"
+
+    labels = {"diag": "q* diagonal", "full": "q* full covariance", "flow": "q* flow"}
+    bounds = ["| model | encoder q(z\\|x) | semi-amortized | " + " | ".join(labels[f] for f in families)
+              + " | log p(x) (proposal) |",
+              "| --- | ---: | ---: | " + " | ".join("---:" for _ in families) + " | ---: |"]
+    costs = ["| model | total gap | amortization gap | approximation gap | best q* | encoder | semi-amortized | "
+             + " | ".join(labels[f] for f in families) + " | importance sampling, encoder |",
+             "| --- | ---: | ---: | ---: | --- | ---: | ---: | " + " | ".join("---:" for _ in families) + " | ---: |"]
+    for name in names:
+        report = reports[name]
+        elbo = [cell(report, path, lambda row: pm(row["elbo"])) for path in ("encoder", "semi_amortized", *families)]
+        bounds.append(f"| `{name}` | " + " | ".join(elbo) + f" | {pm(report['log_px'])} ({report['log_px_proposal']}) |")
+        fitted = [f for f in families if f in report["gaps"]]
+        best = max(fitted, key=lambda f: report["paths"][f]["elbo"]["mean"])
+        times = [cell(report, path, lambda row: ms(row["seconds_per_example"]))
+                 for path in ("encoder", "semi_amortized", *families)]
+        costs.append(f"| `{name}` | {pm(report['gaps']['total'])} | {pm(report['gaps'][best]['amortization'])} | "
+                     f"{pm(report['gaps'][best]['approximation'])} | {best} | " + " | ".join(times)
+                     + f" | {ms(report['importance_sampling_seconds_per_example'])} |")
+    return "\n".join(bounds) + "\n\n" + "\n".join(costs) + "\n"
+
+
+def read_gap_reports(directory: str, prefix: str = "gaps_") -> dict:
+    """name -> report of every `<directory>/<prefix><name>/gaps.json` (as `tfvae gaps --out`
+    writes them)."""
+    import glob
+    import os
+    reports = {}
+    for path in sorted(glob.glob(os.path.join(directory, f"{prefix}*", "gaps.json"))):
+        with open(path) as f:
+            reports[os.path.basename(os.path.dirname(path))[len(prefix):]] = json.load(f)
+    return reports
+
+
+def replace_gap_table(text: str, reports: dict) -> str:
+    """`text` (the README) with its gaps-table block replaced by `gap_comparison_table(reports)`."""
+    return replace_marked_block(text, "gaps-table", gap_comparison_table(reports))
 
 
 def plot_gaps(report: dict, path: str):
