@@ -356,5 +356,5 @@ def moments(q, seed=(0, 0), samples: int = 256):
     try:
         return q.mean(), q.stddev()
     except NotImplementedError:
-        z = q.sample(samples, seed=tf.cast(seed, tf.int32))
+        z = q.sample(samples, seed=seeds.as_seed(seed))
         return tf.reduce_mean(z, 0), tf.math.reduce_std(z, 0) + SCALE_EPS
