@@ -313,3 +313,27 @@ def test_the_report_runs_whole_on_a_model_whose_q_has_no_closed_form_moments():
     report = gap_report(model, x, families=("diag",), k=8, eval_k=8, steps=5, refine_steps=1, seed=0,
                         verbose=False)
     assert set(report["points"]) >= {"map", "ml", "encoder_mean"} and np.isfinite(report["log_px"]["mean"])
+
+
+def test_a_report_cut_short_keeps_what_it_measured(tmp_path, monkeypatch):
+    import tfvae.inference.gaps as gaps_module
+    model = VAE(data_shape=(6,), latent_dim=2, encoder={"type": "mlp", "hidden": [8]}, seed=1)
+    x = (np.random.default_rng(0).uniform(size=(6, 6)) > 0.5).astype("float32")
+    options = dict(families=("diag",), k=8, eval_k=8, steps=5, refine_steps=1, seed=0, verbose=False)
+    out = str(tmp_path / "gaps.json")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(gaps_module, "point_estimate", crash)
+    with pytest.raises(RuntimeError):
+        gap_report(model, x, out_path=out, **options)
+    assert not os.path.exists(out)
+    with open(tmp_path / "gaps.partial.json") as f:
+        partial = json.load(f)
+    assert partial["unfinished"] == "point estimates" and set(partial["paths"]) == {"encoder", "semi_amortized", "diag"}
+    assert "diag" in partial["gaps"] and partial["log_px"]["mean"] <= 0
+    monkeypatch.undo()
+    report = gap_report(model, x, out_path=out, **options)
+    assert not os.path.exists(tmp_path / "gaps.partial.json")
+    assert report["paths"]["diag"]["elbo"] == partial["paths"]["diag"]["elbo"]      # same seed, same numbers

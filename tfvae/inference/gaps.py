@@ -22,8 +22,10 @@ optimisation, importance sampling).
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
+import os
 import time
 
 import numpy as np
@@ -110,7 +112,9 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
       batch_size: examples optimised together (memory).
       seed: the same seed gives the same report.
       verbose: print progress.
-      out_path: also write the report there as JSON (atomically).
+      out_path: also write the report there as JSON (atomically). While it is being made,
+        what is done so far is written after each step to the same name with ".partial"
+        before its extension (removed at the end): a crash keeps the numbers measured.
     Returns:
       a JSON-ready dict; every statistic is {"mean", "se"} over the examples.
     """
@@ -127,6 +131,11 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
                            "refine_steps": refine_steps, "refine_learning_rate": refine_learning_rate,
                            "batch_size": batch_size, "seed": seed},
               "paths": {}, "gaps": {}, "traces": {}}
+    partial_path = None if out_path is None else "{0}.partial{1}".format(*os.path.splitext(out_path))
+
+    def keep_so_far(next_step: str):
+        if partial_path is not None:
+            atomic_write_text(partial_path, json.dumps({**report, "unfinished": next_step}, indent=2) + "\n")
 
     encode = tf.function(lambda x, c: model.encode(x, c).sample(seed=[seed, 0]), autograph=False)
     encode(x[:1], _part(condition, slice(0, 1)))
@@ -141,6 +150,7 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
     report["importance_sampling_seconds_per_example"] = is_seconds / n
     report["paths"]["encoder"] = _path_row(encoder_terms, encoder_seconds, n, label="encoder q(z|x)")
     path_terms = {"encoder": encoder_terms}
+    keep_so_far("semi-amortized refinement")
 
     if refine_steps:
         say(f"semi-amortized: {refine_steps} refinement steps of the encoder's q")
@@ -158,6 +168,7 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
         report["paths"]["semi_amortized"] = _path_row(terms, refine_seconds, n,
                                                       label=f"semi-amortized ({refine_steps} steps)")
         path_terms["semi_amortized"] = terms
+        keep_so_far("q* fits")
 
     fitted = {}
     for name in families:
@@ -186,6 +197,7 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
             steps=max(f.steps for f in fits), converged=float(np.mean(np.concatenate([f.converged for f in fits]))))
         report["traces"][name] = _mean_trace([f.trace for f in fits])
         path_terms[name] = terms
+        keep_so_far("the next q* fit or the gaps")
 
     # log p(x): the importance-sampling estimates of the proposal that is best on average.
     best = max(path_terms, key=lambda name: path_terms[name]["log_px"].mean())
@@ -198,6 +210,7 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
                                 "amortization": _stat(path_terms[name]["elbo"] - encoder_terms["elbo"])}
 
     if points:
+        keep_so_far("point estimates")
         say("point estimates: maximum-likelihood and MAP latents")
         q_mean = tf.concat([moments(model.encode(x[p], _part(condition, p)))[0] for p in _slices(n, batch_size)], 0)
         log_px_z = np.concatenate([model.decode(q_mean[p], _part(condition, p)).log_prob(x[p]).numpy()
@@ -222,6 +235,8 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
     report["active_units"] = active_units(model, x.numpy() if condition is None else (x.numpy(), condition.numpy()))
     if out_path is not None:
         atomic_write_text(out_path, json.dumps(report, indent=2) + "\n")
+        if os.path.exists(partial_path):
+            os.remove(partial_path)
     return report
 
 
@@ -327,8 +342,6 @@ def gap_comparison_table(reports: dict) -> str:
 def read_gap_reports(directory: str, prefix: str = "gaps_") -> dict:
     """name -> report of every `<directory>/<prefix><name>/gaps.json` (as `tfvae gaps --out`
     writes them)."""
-    import glob
-    import os
     reports = {}
     for path in sorted(glob.glob(os.path.join(directory, f"{prefix}*", "gaps.json"))):
         with open(path) as f:
