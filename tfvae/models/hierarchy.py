@@ -27,8 +27,8 @@ import tensorflow_probability as tfp
 from tfvae.config import ConfigError
 from tfvae.distributions import DiagonalGaussianPosterior, standard_normal
 from tfvae.models.base import DEFAULT_PARTS, BaseVAE
-from tfvae.parts import build_part
 from tfvae.nets.mlp import check_activation, dense_stack
+from tfvae.parts import build_part
 
 tfd = tfp.distributions
 
