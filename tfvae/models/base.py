@@ -70,13 +70,19 @@ def _data_errors_as_value_errors():
         raise RefusedBatch(" ".join(parts)) from None
 
 
+def without_default_parts(base: dict, kinds) -> dict:
+    """`base` (a model's arguments) without those of `kinds` that name the default part: a
+    config written by `get_config` of an earlier version holds them, filled in."""
+    return {key: value for key, value in base.items()
+            if key not in kinds or value not in (DEFAULT_PARTS[key], {"type": DEFAULT_PARTS[key]})}
+
+
 def with_fixed_parts(name: str, base: dict, **parts) -> dict:
     """`base` (a named variant's other arguments) with the parts the variant is made of: e.g.
     `iwae` is the model with the objective {type: iwae, k, estimator}. A part of those kinds
     given in `base` too is refused, naming the way to choose it."""
+    base = without_default_parts(base, parts)
     for kind, spec in parts.items():
-        if base.get(kind) in (DEFAULT_PARTS[kind], {"type": DEFAULT_PARTS[kind]}):
-            base = {key: value for key, value in base.items() if key != kind}    # the default, filled in
         if kind in base:
             raise ConfigError(f"model {name!r} is the {kind} {spec['type']!r} with its own settings, so it takes "
                               f"no {kind!r}; for another {kind}, use class 'vae' with {kind}: {{type: ...}}")

@@ -26,7 +26,7 @@ import tensorflow_probability as tfp
 
 from tfvae.config import ConfigError
 from tfvae.distributions import DiagonalGaussianPosterior, standard_normal
-from tfvae.models.base import DEFAULT_PARTS, BaseVAE
+from tfvae.models.base import BaseVAE, without_default_parts
 from tfvae.nets.mlp import check_activation, dense_stack
 from tfvae.parts import build_part
 
@@ -187,8 +187,9 @@ class TwoLayerVAE(BaseVAE):
 
     def __init__(self, latent_dim: int, **base):
         where = f"model {base.get('name') or self.registered_name!r}"
-        for kind in self.fixed_parts:      # the default part, which configs of earlier versions hold, is accepted
-            if base.get(kind) not in (None, DEFAULT_PARTS[kind], {"type": DEFAULT_PARTS[kind]}):
+        base = without_default_parts(base, self.fixed_parts)
+        for kind in self.fixed_parts:
+            if base.get(kind) is not None:
                 raise ConfigError(f"{where} has its own {kind} over the stochastic layers, not a {kind} part: "
                                   f"it takes no {kind!r} (for another {kind}, use class 'vae' with {kind}: "
                                   f"{{type: ...}})")
