@@ -1,7 +1,8 @@
 """VQ-VAE (tfvae.models.vqvae, made of the parts of tfvae.parts.codebook): quantisation against a
-brute-force numpy nearest neighbour, the losses and their gradients against numpy, the straight-through gradient, one EMA step against a
-numpy re-implementation, the constant KL and the uniform prior, codebook usage against numpy,
-importance sampling = ELBO, fit, config round trip and export."""
+brute-force numpy nearest neighbour, the losses and their gradients against numpy, the
+straight-through gradient, one EMA step against a numpy re-implementation, the constant KL and
+the uniform prior, codebook usage against numpy, importance sampling = ELBO, fit, config round
+trip and export."""
 import math
 
 import keras
