@@ -1,4 +1,6 @@
 """Registry, presets and config validation."""
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -126,6 +128,12 @@ def test_the_paper_protocol_overrides_the_short_recipe():
     assert (paper.training.epochs, paper.training.batch_size, paper.training.schedule) == (3280, 20, "burda")
     assert paper.training.adam_epsilon == 1e-4 and paper.evaluation.examples is None
     assert paper.training.seed == preset.training.seed                   # what the paper leaves is kept
+    # A paper section's own image cadence is kept; without one, about 100 image grids over
+    # the 3,280 epochs, not one per epoch.
+    assert (preset.training.image_every, preset.paper.training["image_every"], paper.training.image_every) == (1, 20, 20)
+    unset = dataclasses.replace(preset, paper=dataclasses.replace(
+        preset.paper, training={k: v for k, v in preset.paper.training.items() if k != "image_every"}))
+    assert unset.with_protocol("paper").training.image_every == 3280 // 100
     assert preset.with_protocol("short") is preset
     optimizer = tfvae.presets.make_optimizer(paper.training)
     assert optimizer.epsilon == pytest.approx(1e-4)

@@ -177,6 +177,9 @@ PROTOCOLS = ("short", "paper", "converge")
 # The "converge" protocol: the short recipe, until the validation loss has not improved by more
 # than min_delta nats for `patience` epochs (the best epoch's weights kept), at most max_epochs.
 CONVERGENCE = {"max_epochs": 3000, "patience": 50, "min_delta": 0.1, "image_every": 50}
+# A paper protocol that does not set image_every writes about this many image grids in all
+# (Burda et al.'s 3,280 epochs: one every 32), not one per epoch.
+PAPER_IMAGE_GRIDS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,9 +218,13 @@ class Preset:
                 early_stopping_min_delta=CONVERGENCE["min_delta"], image_every=CONVERGENCE["image_every"]))
         if self.paper is None:
             raise ValueError(f"preset {self.name!r} has no paper section, so no paper protocol")
+        paper_training = self.paper.training or {}
+        training = dataclasses.replace(self.training, **paper_training)
+        if "image_every" not in paper_training and training.image_every:
+            training = dataclasses.replace(
+                training, image_every=max(training.image_every, training.epochs // PAPER_IMAGE_GRIDS))
         return dataclasses.replace(
-            self, model={**self.model, **(self.paper.model or {})},
-            training=dataclasses.replace(self.training, **(self.paper.training or {})),
+            self, model={**self.model, **(self.paper.model or {})}, training=training,
             evaluation=dataclasses.replace(self.evaluation, **(self.paper.evaluation or {})))
 
     @property
