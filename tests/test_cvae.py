@@ -129,12 +129,12 @@ def test_the_preset_runs_offline_on_the_shared_mnist_test_files():
         pytest.skip(f"the labelled MNIST test files are not in {mnist} (set TFVAE_SHARED_DATA)")
     preset = tfvae.load_preset(str(ROOT / "zoo_configs" / "cvae_mnist.yaml"))
     d = preset.data
-    assert (d.name, d.binarize, d.labels, d.train_split, d.eval_split) == (
-        "mnist", "dynamic", True, "test[:8000]", "test[8000:]")
+    assert (d.name, d.binarize, d.labels, d.train_split, d.validation_split, d.eval_split) == (
+        "mnist", "dynamic", True, "test[:7000]", "test[7000:8000]", "test[8000:]")
     assert preset.model["condition_dim"] == 10 and preset.paper.test_nll is None
-    train, test = data.load(d.name, (d.train_split, d.eval_split), data_dir=mnist, batch_size=100,
-                            binarize=d.binarize, labels=d.labels, train_split=d.train_split)
-    assert sum(len(x) for x, _ in test) == 2000
+    train, valid, test = data.load(d.name, (d.train_split, d.validation_split, d.eval_split), data_dir=mnist,
+                                   batch_size=100, binarize=d.binarize, labels=d.labels, train_split=d.train_split)
+    assert [sum(len(x) for x, _ in split) for split in (valid, test)] == [1000, 2000]
     model = tfvae.get_model_class("vae").from_config({k: v for k, v in preset.model.items() if k != "class"})
     model.compile(optimizer=keras.optimizers.Adam(preset.training.learning_rate))
     history = model.fit(train.take(3), verbose=0).history               # a few steps: the recipe runs

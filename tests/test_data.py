@@ -98,7 +98,8 @@ def test_list_and_info():
     assert meta.files["test"] == (AMAT_TEST,)
     assert data.info("mnist").default_binarize == "dynamic"
     assert data.info("fashion_mnist").default_binarize is None
-    assert data.info("shapes").files == {"train": (), "test": ()}
+    assert data.info("shapes").files == {"train": (), "valid": (), "test": ()}
+    assert data.info("shapes").splits == ("train", "valid", "test")
     assert meta.factor_names == () and meta.factor_sizes == ()
     for name in ("shapes", "shapes64", "dsprites"):
         assert data.info(name).factor_names == ("shape", "scale", "orientation", "pos_x", "pos_y")
@@ -580,18 +581,22 @@ def test_shapes_match_their_factors(generated):
 def test_shapes_dataset(tmp_path):
     start = time.perf_counter()
     train_x, train_y = data.load_arrays("shapes", "train")
+    valid_x, valid_y = data.load_arrays("shapes", "valid")
     test_x, test_y = data.load_arrays("shapes", "test")
-    assert time.perf_counter() - start < 4.0
-    assert train_x.shape == (20000, 28, 28, 1) and test_x.shape == (2000, 28, 28, 1)
+    assert time.perf_counter() - start < 5.0
+    assert train_x.shape == (20000, 28, 28, 1) and valid_x.shape == test_x.shape == (2000, 28, 28, 1)
     assert train_y.dtype == np.int64 and set(train_y) == {0, 1, 2}
-    for split, (x, y) in {"train": (train_x, train_y), "test": (test_x, test_y)}.items():
+    for split, (x, y) in {"train": (train_x, train_y), "valid": (valid_x, valid_y),
+                          "test": (test_x, test_y)}.items():
         size, seed = registry.SHAPES_SPLITS[split]
         expected_x, classes = shapes.generate(size, image_size=28, seed=seed)
         np.testing.assert_array_equal(y, classes[:, 0])
         np.testing.assert_array_equal(x, expected_x)
         assert x.reshape(len(x), -1).sum(axis=1).min() > 0
         assert x[:, [0, -1]].max() == 0 and x[:, :, [0, -1]].max() == 0
-    assert not np.array_equal(train_x[:2000], test_x)  # different seeds per split
+    # Different seeds per split: no split repeats another's draws.
+    assert not np.array_equal(train_x[:2000], test_x)
+    assert not np.array_equal(valid_x, test_x) and not np.array_equal(valid_x, train_x[:2000])
     assert not list((tmp_path / "cache").glob("*"))  # no file, no download
     x, y = next(iter(data.load("shapes", "train", labels=True, seed=1)))
     assert x.shape == (100, 28, 28, 1) and y.shape == (100, 3)

@@ -73,9 +73,10 @@ def _read_idx_pair(split: str, paths: tuple[Path, ...]):
     return scaled, labels.astype(np.int64)
 
 
-# size, seed of each split of the generated data sets.
-SHAPES_SPLITS = {"train": (20000, 1_000_003), "test": (2000, 2_000_003)}
-SHAPES64_SPLITS = {"train": (20000, 3_000_003), "test": (5000, 4_000_003)}
+# size, seed of each split of the generated data sets. "valid" is drawn apart from "test", so
+# that choosing the best epoch or stopping early never looks at the test images.
+SHAPES_SPLITS = {"train": (20000, 1_000_003), "valid": (2000, 5_000_003), "test": (2000, 2_000_003)}
+SHAPES64_SPLITS = {"train": (20000, 3_000_003), "valid": (5000, 6_000_003), "test": (5000, 4_000_003)}
 # name -> (image_size, splits) of the data sets drawn by `shapes.generate`.
 GENERATED = {"shapes": (28, SHAPES_SPLITS), "shapes64": (64, SHAPES64_SPLITS)}
 
