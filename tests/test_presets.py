@@ -143,6 +143,21 @@ def test_the_paper_protocol_overrides_the_short_recipe():
         preset.with_protocol("long")
 
 
+def test_the_converge_protocol_trains_until_the_rule_stops_it_and_evaluates_at_the_zoo_standard():
+    shapes, bmnist = tfvae.load_preset("vae_shapes"), tfvae.load_preset("vae_bmnist")
+    for preset in (shapes, bmnist):
+        converge = preset.with_protocol("converge")
+        t = converge.training
+        assert (t.epochs, t.early_stopping_patience, t.early_stopping_min_delta, t.image_every) == (3000, 50, 0.1, 50)
+        assert (t.batch_size, t.learning_rate) == (preset.training.batch_size, preset.training.learning_rate)
+    # The short recipe's quick evaluation (k = 1000 on 500 images) is raised to k = 5000 on
+    # 1,000 test images; one that already asks for more, or for the whole split, is kept.
+    assert (shapes.evaluation.k, shapes.evaluation.examples) == (1000, 500)
+    assert dataclasses.astuple(shapes.with_protocol("converge").evaluation)[:2] == (5000, 1000)
+    whole = dataclasses.replace(bmnist, evaluation=dataclasses.replace(bmnist.evaluation, k=10000, examples=None))
+    assert dataclasses.astuple(whole.with_protocol("converge").evaluation)[:2] == (10000, None)
+
+
 def test_bad_paper_sections_are_rejected(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("model: {class: vae}\npaper: {test_nll: 88.7}\n")

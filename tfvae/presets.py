@@ -175,8 +175,10 @@ class PretrainedSection:
 DEFAULT_PRESET = "vae_shapes"     # its data set is generated in-process: it trains with no download
 PROTOCOLS = ("short", "paper", "converge")
 # The "converge" protocol: the short recipe, until the validation loss has not improved by more
-# than min_delta nats for `patience` epochs (the best epoch's weights kept), at most max_epochs.
-CONVERGENCE = {"max_epochs": 3000, "patience": 50, "min_delta": 0.1, "image_every": 50}
+# than min_delta nats for `patience` epochs (the best epoch's weights kept), at most max_epochs;
+# then evaluated with at least eval_k importance samples on at least eval_examples test images.
+CONVERGENCE = {"max_epochs": 3000, "patience": 50, "min_delta": 0.1, "image_every": 50,
+               "eval_k": 5000, "eval_examples": 1000}
 # A paper protocol that does not set image_every writes about this many image grids in all
 # (Burda et al.'s 3,280 epochs: one every 32), not one per epoch.
 PAPER_IMAGE_GRIDS = 100
@@ -213,9 +215,15 @@ class Preset:
         if protocol == "short":
             return self
         if protocol == "converge":
-            return dataclasses.replace(self, training=dataclasses.replace(
-                self.training, epochs=CONVERGENCE["max_epochs"], early_stopping_patience=CONVERGENCE["patience"],
-                early_stopping_min_delta=CONVERGENCE["min_delta"], image_every=CONVERGENCE["image_every"]))
+            examples = self.evaluation.examples
+            return dataclasses.replace(
+                self,
+                training=dataclasses.replace(
+                    self.training, epochs=CONVERGENCE["max_epochs"], early_stopping_patience=CONVERGENCE["patience"],
+                    early_stopping_min_delta=CONVERGENCE["min_delta"], image_every=CONVERGENCE["image_every"]),
+                evaluation=dataclasses.replace(
+                    self.evaluation, k=max(self.evaluation.k, CONVERGENCE["eval_k"]),
+                    examples=None if examples is None else max(examples, CONVERGENCE["eval_examples"])))
         if self.paper is None:
             raise ValueError(f"preset {self.name!r} has no paper section, so no paper protocol")
         paper_training = self.paper.training or {}
