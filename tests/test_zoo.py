@@ -85,6 +85,14 @@ def test_from_preset_loads_the_shipped_weights_and_reproduces_the_fingerprint(sh
     assert fingerprint(trained, x, condition) == pytest.approx(preset.pretrained.fingerprint["elbo"], abs=1e-3)
     fresh = tfvae.from_preset(str(zoo / "tiny.yaml"), compile=False, pretrained=False)
     assert fingerprint(fresh, x, condition) != pytest.approx(preset.pretrained.fingerprint["elbo"], abs=1e-3)
+    # An override that keeps the variables' shapes loads the trained weights; one that changes
+    # them is refused with the way out, and pretrained=False gives that fresh network.
+    assert tfvae.from_preset(str(zoo / "tiny.yaml"), compile=False, kl="monte_carlo").get_weights()[0].tolist() \
+        == trained.get_weights()[0].tolist()
+    with pytest.raises(ValueError, match=r"latent_dim.*change the network that preset 'tiny' ships trained: "
+                                         r"pass pretrained=False"):
+        tfvae.from_preset(str(zoo / "tiny.yaml"), latent_dim=3)
+    assert tfvae.from_preset(str(zoo / "tiny.yaml"), latent_dim=3, pretrained=False).latent_dim == 3
 
 
 def test_publish_refuses_an_unfinished_run_and_a_run_of_another_network(shipped, tmp_path):

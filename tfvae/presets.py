@@ -486,7 +486,8 @@ def from_preset(name: str, weights: str | None = None, compile: bool = True, pre
         their sha256 is checked first). False returns a freshly initialised model. A preset
         that ships none gives a fresh model and a warning unless pretrained=False.
       **overrides: model constructor arguments replacing the preset's (e.g. latent_dim=10);
-        with trained weights they must leave the variables' shapes as they are.
+        with trained weights they must leave the variables' shapes as they are (a ValueError
+        says so, and that pretrained=False gives the fresh network).
     """
     preset = load_preset(name)
     if training:
@@ -495,16 +496,23 @@ def from_preset(name: str, weights: str | None = None, compile: bool = True, pre
     model_config = preset.model
     if weights is None and os.path.isdir(str(name)) and os.path.isfile(os.path.join(name, WEIGHTS_FILE)):
         weights = os.path.join(name, WEIGHTS_FILE)
+    shipped = None
     if weights is None and pretrained and not os.path.isdir(str(name)):
         if preset.pretrained is None:
             warnings.warn(f"preset {preset.name!r} ships no trained weights yet: returning an untrained "
                           f"model (pass pretrained=False to ask for one explicitly)", stacklevel=2)
         else:
-            weights = pretrained_weights_path(preset)
+            weights = shipped = pretrained_weights_path(preset)
             model_config = {**preset.model, **(preset.pretrained.model or {})}
     model = build_model(model_config, **overrides)
     if weights is not None:
-        load_weights(model, weights)
+        try:
+            load_weights(model, weights)
+        except ValueError as error:
+            if not (overrides and weights == shipped):
+                raise
+            raise ValueError(f"{error}. The overrides {overrides} change the network that preset "
+                             f"{preset.name!r} ships trained: pass pretrained=False for a fresh model") from None
     if compile:
         compile_model(model, preset.training)
     return model
