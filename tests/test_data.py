@@ -679,9 +679,9 @@ def test_slices_of_the_mnist_test_files():
 
 
 @pytest.mark.parametrize("split, message", [
-    ("tset", r"no split 'tset'; expected one of train, test, optionally sliced"),
-    ("valid[:10]", r"no split 'valid' \(in 'valid\[:10\]'\); expected one of train, test"),
-    ("test[a:b]", r"cannot read the slice .*expected one of train, test"),
+    ("tset", r"no split 'tset'; expected one of train, valid, test, optionally sliced"),
+    ("val[:10]", r"no split 'val' \(in 'val\[:10\]'\); expected one of train, valid, test"),
+    ("test[a:b]", r"cannot read the slice .*expected one of train, valid, test"),
     ("test[::2]", "no step"),
     ("test[5]", "cannot read the slice"),
     ("test[5:5]", "selects no examples of the 2000"),

@@ -226,7 +226,7 @@ def test_load_factors_of_the_fixed_shapes_splits():
 
 def test_shapes64_is_the_generator_at_64_pixels(monkeypatch):
     meta = data.info("shapes64")
-    assert meta.shape == (64, 64, 1) and meta.files == {"train": (), "test": ()}
+    assert meta.shape == (64, 64, 1) and meta.files == {"train": (), "valid": (), "test": ()}
     assert registry.SHAPES64_SPLITS["train"][0] == 20000
     monkeypatch.setitem(registry.SHAPES64_SPLITS, "test", (40, 123))  # small for the test
     x, labels = data.load_arrays("shapes64", "test")
