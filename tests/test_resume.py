@@ -1,5 +1,6 @@
-"""Resumable training: a run killed with SIGKILL in the middle of an epoch and resumed with
-`tfvae train --resume` ends exactly as the same run uninterrupted (op determinism on)."""
+"""Resumable training: a run killed with SIGKILL in the middle of an epoch, resumed, killed
+again in its final evaluation and resumed with `tfvae train --resume` ends exactly as the same
+run uninterrupted (op determinism on)."""
 import json
 import os
 import signal
@@ -11,18 +12,21 @@ import h5py
 import numpy as np
 import pytest
 
+from tfvae import from_preset, load_preset
+from tfvae.inference.evaluate import evaluate
 from tfvae.io import atomic_path, remove_stale_temporaries
 from tfvae.models import VAE
 from tfvae.training.resume import read_best_weights, read_state, restore_variables, save_state
 from tfvae.training.callbacks import HistoryCSV, read_history
-from tfvae.training.run import train
+from tfvae.training.run import load_eval_data, train
 
 PRESET = """\
 description: a tiny run for the resume tests
 model: {class: vae, data_shape: [28, 28, 1], latent_dim: 2, encoder: {type: mlp, hidden: [16]}}
 data: {name: shapes}
 training: {epochs: 3, steps_per_epoch: 6, batch_size: 16, steps_per_execution: 2, deterministic: true,
-           checkpoint_seconds: 0, kl_warmup_epochs: 1, image_every: 0}
+           checkpoint_seconds: 0, kl_warmup_epochs: 1, image_every: 0,
+           early_stopping_patience: 5, early_stopping_min_delta: 1.0e+9}
 evaluation: {k: 10, examples: 20, batch_size: 20}
 """
 
@@ -43,6 +47,14 @@ KILLED_RUN = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
 
     train(sys.argv[1], out=sys.argv[2], verbose=0, callbacks=[KillNine()])
+""")
+# Resumes a run, finishes its training and kills itself with SIGKILL as its evaluation begins.
+KILLED_IN_EVALUATION = textwrap.dedent("""
+    import os, signal, sys
+    import tfvae.training.run as run
+
+    run.evaluate = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+    run.train(resume=sys.argv[1], verbose=0)
 """)
 UNINTERRUPTED_RUN = "import sys; from tfvae import train; train(sys.argv[1], out=sys.argv[2], verbose=0)"
 
@@ -70,6 +82,12 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_bit_identical_to_the_uninterrup
     assert (meta["epoch"], meta["step"], meta["finished"]) == (1, 2, False)    # mid-epoch 2, after step 2
     assert not os.path.exists(os.path.join(killed, "metadata.json"))
 
+    in_evaluation = subprocess.run([sys.executable, "-c", KILLED_IN_EVALUATION, killed], env=env,
+                                   capture_output=True, text=True, timeout=600)
+    assert in_evaluation.returncode == -signal.SIGKILL, in_evaluation.stderr[-2000:]
+    meta, _ = read_state(os.path.join(killed, "resume_state.npz"))
+    assert (meta["epoch"], meta["finished"]) == (3, True) and not os.path.exists(os.path.join(killed, "metadata.json"))
+
     resumed = subprocess.run([sys.executable, "-m", "tfvae.cli", "train", "--resume", killed], env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -84,6 +102,12 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_bit_identical_to_the_uninterrup
     with open(os.path.join(reference, "evaluation.json")) as f, open(os.path.join(killed, "evaluation.json")) as g:
         a, b = json.load(f), json.load(g)
     assert (a["log_px"], a["elbo"]) == (b["log_px"], b["elbo"])
+    # Both evaluated the best epoch's weights (best.weights.h5, metadata's best_epoch), not those
+    # of the last epoch that beat the best by min_delta (Keras' restore_best_weights: the first
+    # compared epoch, here the second), nor a fresh model.
+    best = from_preset(reference, weights=os.path.join(reference, "best.weights.h5"))
+    data = load_eval_data(load_preset(reference), None)
+    assert evaluate(best, data, k=10, verbose=False)["log_px"] == pytest.approx(a["log_px"], abs=1e-4)
     with open(os.path.join(killed, "metadata.json")) as f, open(os.path.join(reference, "metadata.json")) as g:
         metadata, uninterrupted = json.load(f), json.load(g)
     assert metadata["resumed"] and metadata["epochs"] == 3 and metadata["best_epoch"] == 3

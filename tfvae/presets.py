@@ -69,8 +69,9 @@ class TrainingSection:
     i = 0..7 of 3^i epochs at learning_rate * 10^(-i/7) (3,280 epochs in all; the last rate
     is kept after them). adam_epsilon: epsilon of Adam/Adamax (None: Keras' 1e-7).
     early_stopping_patience: stop after this many epochs without a validation loss lower
-    than the best by more than early_stopping_min_delta, and restore Keras' best weights
-    (best.weights.h5 keeps the lowest validation loss's). kl_warmup_epochs: the KL's weight
+    than the best by more than early_stopping_min_delta; the run then ends on the weights of
+    its lowest validation loss (best.weights.h5), not on those of the last epoch that beat the
+    best by that margin. kl_warmup_epochs: the KL's weight
     grows linearly from 0 to 1 over this many epochs; their validation losses weigh the KL by
     less than 1 and are not compared with the later ones (neither the best epoch nor early
     stopping counts them). steps_per_execution: training

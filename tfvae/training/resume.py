@@ -21,7 +21,8 @@ kill -9 at any moment leaves either the previous state or the new one, never hal
 state, and replays the training stream to the same global step with `Dataset.skip`: the
 shuffle and the dynamic binarization are seeded functions of the pass over the data, so
 the skipped stream yields exactly the batches the killed run would have read next. It
-finishes the interrupted epoch, then runs the remaining ones. With the same seed, a
+finishes the interrupted epoch, then runs the remaining ones; a run killed after its training,
+in the final evaluation, restores its final weights and evaluates them. With the same seed, a
 resumed run takes the same steps on the same batches with the same random draws as an
 uninterrupted one; with `deterministic: true` its weights are bit-identical
 (tests/test_resume.py).
@@ -163,6 +164,12 @@ class ResumeState(keras.callbacks.Callback):
         self.step_offset = 0              # steps of the current epoch done before this `fit` call
         self._early_stopping_state = meta.get("early_stopping")
         self._clock = self._last_save = None
+        if checkpoints is not None and meta.get("checkpoints"):
+            checkpoints.best = meta["checkpoints"]["best"]    # JSON keeps inf as Infinity
+            checkpoints.best_epoch = meta["checkpoints"]["best_epoch"]
+            best = read_best_weights(path)
+            if best is not None:     # the file may predate them: write it again with the next write
+                checkpoints.best_weights, checkpoints.best_written = best, False
 
     # ----------------------------------------------------------------- the state
     def meta(self) -> dict:
@@ -188,31 +195,18 @@ class ResumeState(keras.callbacks.Callback):
     # ----------------------------------------------------------------- Keras hooks
     def on_train_begin(self, logs=None):
         if self.pending is not None:
-            meta = self.pending[0]
-            if self.checkpoints is not None and meta.get("checkpoints"):
-                self.checkpoints.best = meta["checkpoints"]["best"]    # JSON keeps inf as Infinity
-                self.checkpoints.best_epoch = meta["checkpoints"]["best_epoch"]
-                best = read_best_weights(self.path)
-                if best is not None:     # the file may predate them: write it again with the next write
-                    self.checkpoints.best_weights, self.checkpoints.best_written = best, False
-            if self.early_stopping is not None and self.early_stopping.restore_best_weights:
-                self._restore_best_weights()
-            build_optimizers(self.model)
-            restore_variables(self.model, self.pending, self.path)
+            self.restore(self.model)
         if self.early_stopping is not None and self._early_stopping_state:
             # EarlyStopping.on_train_begin (earlier in the list) has just reset its counters.
             for key, value in self._early_stopping_state.items():
                 setattr(self.early_stopping, key, value)
         self._clock = self._last_save = time.perf_counter()
 
-    def _restore_best_weights(self):
-        """EarlyStopping's copy of the best weights: those the state holds, else the run's
-        best.weights.h5 (loaded before the state, which then overwrites every variable)."""
-        if self.checkpoints is not None and self.checkpoints.best_weights is not None:
-            self.early_stopping.best_weights = self.checkpoints.best_weights
-        elif self.checkpoints is not None and os.path.isfile(self.checkpoints.best_path):
-            self.model.load_weights(self.checkpoints.best_path)
-            self.early_stopping.best_weights = self.model.get_weights()
+    def restore(self, model):
+        """Sets every variable of `model` (weights, optimizer slots, seed and metric states) to
+        the state read when resuming."""
+        build_optimizers(model)
+        restore_variables(model, self.pending, self.path)
 
     def on_epoch_begin(self, epoch, logs=None):
         # Keras reset the metrics just before this call; an interrupted epoch continues its sums.
@@ -237,8 +231,8 @@ class ResumeState(keras.callbacks.Callback):
             self._early_stopping_state = self._early_stopping_counters()
 
     def mark_finished(self):
-        """Saves the state of the finished training (after EarlyStopping may have restored the
-        best weights): a resumed run then skips to the evaluation."""
+        """Saves the state of the finished training (with the weights it ends on): a resumed run
+        then skips to the evaluation."""
         self.finished = True
         self.save()
 

@@ -195,7 +195,7 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     early_stopping = None
     if t.early_stopping_patience:
         early_stopping = keras.callbacks.EarlyStopping(patience=t.early_stopping_patience,
-                                                       min_delta=t.early_stopping_min_delta, restore_best_weights=True,
+                                                       min_delta=t.early_stopping_min_delta,
                                                        start_from_epoch=t.kl_warmup_epochs)
         run_callbacks.append(early_stopping)
     resume_state = ResumeState(state_path, t.checkpoint_seconds, checkpoints, early_stopping, state)
@@ -225,13 +225,17 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
         stream = prepare_dataset(repeating(batches, t.steps_per_epoch)[0], strategy)
         return stream.skip(global_step) if global_step else stream
 
-    if not resume_state.finished:
+    if resume_state.finished:     # interrupted after training (in the evaluation): its final weights
+        resume_state.restore(vae)
+    else:
         if step:     # finish the interrupted epoch first
             resume_state.step_offset = step
             fit(stream_from(epoch * steps_per_epoch + step), epoch, epoch + 1, steps_per_epoch - step)
             epoch += 1
         if epoch < t.epochs and not (step and vae.stop_training):
             fit(stream_from(epoch * steps_per_epoch), epoch, t.epochs, steps_per_epoch)
+        if early_stopping is not None:
+            _end_on_best_epoch(vae, checkpoints)
         resume_state.mark_finished()
     final = resume_state.last_logs or {}
     if not all(np.isfinite(v) for v in final.values()):
@@ -255,6 +259,16 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     if os.path.exists(state_path):
         os.remove(state_path)   # the run is complete: nothing left to resume
     return out
+
+
+def _end_on_best_epoch(vae, checkpoints):
+    """Sets the model to the best validation epoch's weights: those of best.weights.h5 and of
+    metadata's best_epoch, whether or not the run was resumed. (Keras' own restore_best_weights
+    would restore the last epoch that beat the best by min_delta, an older one.)"""
+    if checkpoints.best_weights is not None:
+        vae.set_weights(checkpoints.best_weights)
+    elif os.path.isfile(checkpoints.best_path):     # a resume state from before the best weights were kept
+        load_weights(vae, checkpoints.best_path)
 
 
 def _absolute(path):
