@@ -337,3 +337,24 @@ def test_a_report_cut_short_keeps_what_it_measured(tmp_path, monkeypatch):
     report = gap_report(model, x, out_path=out, **options)
     assert not os.path.exists(tmp_path / "gaps.partial.json")
     assert report["paths"]["diag"]["elbo"] == partial["paths"]["diag"]["elbo"]      # same seed, same numbers
+
+
+def test_the_semi_amortized_path_of_an_sa_vae_is_its_own_refinement():
+    """Without settings, the report refines an SA-VAE's q as the model does (its K, step size and
+    clipping): the same numbers as the report given those settings, and other numbers than the
+    default refinement of a model that has none."""
+    from tfvae.models.sa_vae import SAVAE
+    model = SAVAE(data_shape=(6,), latent_dim=2, encoder={"type": "mlp", "hidden": [8]}, seed=1,
+                  refine_steps=3, refine_learning_rate=0.3, max_grad_norm=2.0)
+    x = (np.random.default_rng(0).uniform(size=(6, 6)) > 0.5).astype("float32")
+    options = dict(families=(), k=8, eval_k=8, points=False, seed=0, verbose=False)
+    own = gap_report(model, x, **options)
+    assert {key: own["settings"][key] for key in ("refine_steps", "refine_learning_rate", "refine_max_grad_norm")} \
+        == {"refine_steps": 3, "refine_learning_rate": 0.3, "refine_max_grad_norm": 2.0}
+    explicit = refine_posterior(model, x, steps=3, learning_rate=0.3, max_grad_norm=2.0, seed=0, differentiable=False)
+    by_model = model.refine(x, seed=0)
+    np.testing.assert_allclose(explicit.params.numpy(), by_model.params.numpy(), rtol=1e-5, atol=1e-6)
+    given = gap_report(model, x, refine_steps=3, refine_learning_rate=0.3, **options)
+    assert own["paths"]["semi_amortized"]["elbo"] == given["paths"]["semi_amortized"]["elbo"]
+    default = gap_report(model, x, refine_steps=20, refine_learning_rate=0.02, **options)
+    assert default["paths"]["semi_amortized"]["elbo"] != own["paths"]["semi_amortized"]["elbo"]

@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-k", type=int, help="samples to evaluate each fitted posterior (default: 1000)")
     p.add_argument("--learning-rate", type=float, help="Adam step size of the optimisations (default: 0.05)")
     p.add_argument("--samples", type=int, help="draws of z per optimisation step (default: 8)")
-    p.add_argument("--refine-steps", type=int, help="semi-amortized refinement steps (default: 20; 0 skips)")
+    p.add_argument("--refine-steps", type=int, help="semi-amortized refinement steps (default: an SA-VAE's own K, else 20; 0 skips)")
     p.add_argument("--batch-size", type=int, help="examples optimised at once (default: 1000)")
     p.add_argument("--no-points", action="store_true", help="skip the ML and MAP point estimates")
     _add_data_options(p)

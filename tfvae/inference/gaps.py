@@ -93,9 +93,24 @@ def _mean_trace(traces: list[np.ndarray]) -> list[float]:
     return np.concatenate(padded, axis=1).mean(axis=1).tolist()
 
 
+# The semi-amortized path of a model that does not refine its posterior itself.
+REFINE_STEPS, REFINE_LEARNING_RATE, REFINE_MAX_GRAD_NORM = 20, 0.02, 5.0
+
+
+def _refinement_settings(model, steps, learning_rate):
+    """(steps, learning rate, max gradient norm) of the semi-amortized path: those given, else
+    the model's own refinement (an SA-VAE's refine_steps, refine_learning_rate and
+    max_grad_norm), else the defaults above."""
+    own = hasattr(model, "refine_steps")
+    return (REFINE_STEPS if steps is None and not own else model.refine_steps if steps is None else steps,
+            (REFINE_LEARNING_RATE if not own else model.refine_learning_rate) if learning_rate is None
+            else learning_rate,
+            model.max_grad_norm if own else REFINE_MAX_GRAD_NORM)
+
+
 def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: int = 5000,
                eval_k: int = 1000, steps: int = 2000, learning_rate: float = 0.05, samples: int = 8,
-               refine_steps: int = 20, refine_learning_rate: float = 0.02, points: bool = True,
+               refine_steps: int | None = None, refine_learning_rate: float | None = None, points: bool = True,
                batch_size: int = 1000, seed: int = 0, verbose: bool = True, out_path: str | None = None) -> dict:
     """Decomposes the inference gap of `model` on the examples x (see the module docstring).
 
@@ -107,7 +122,9 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
         proposal).
       steps, learning_rate, samples: budget, Adam step size and draws per step of the
         per-example optimisation (tolerance stopping as in `optimize_posterior`).
-      refine_steps, refine_learning_rate: semi-amortized refinement of the encoder (0: skip).
+      refine_steps, refine_learning_rate: semi-amortized refinement of the encoder (steps 0:
+        skip). None takes a model's own when it trains through a refinement (SA-VAE: its K, step
+        size and gradient clipping, the q it was trained to make), else 20 steps at 0.02.
       points: also find the ML and MAP latents.
       batch_size: examples optimised together (memory).
       seed: the same seed gives the same report.
@@ -125,10 +142,13 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
     x = check_batch(x, model.data_shape, "x", model.likelihood.support)
     condition = check_condition(condition, model.condition_dim, x.shape[0])
     n = int(x.shape[0])
+    refine_steps, refine_learning_rate, refine_max_grad_norm = _refinement_settings(
+        model, refine_steps, refine_learning_rate)
     say = print if verbose else (lambda *a, **kw: None)
     report = {"model": model.name, "examples": n, "k": k, "eval_k": eval_k, "latent_dim": model.latent_dim,
               "settings": {"steps": steps, "learning_rate": learning_rate, "samples": samples,
                            "refine_steps": refine_steps, "refine_learning_rate": refine_learning_rate,
+                           "refine_max_grad_norm": refine_max_grad_norm,
                            "batch_size": batch_size, "seed": seed},
               "paths": {}, "gaps": {}, "traces": {}}
     partial_path = None if out_path is None else "{0}.partial{1}".format(*os.path.splitext(out_path))
@@ -155,7 +175,8 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
     if refine_steps:
         say(f"semi-amortized: {refine_steps} refinement steps of the encoder's q")
         refine = tf.function(lambda x, c, s: refine_posterior(
-            model, x, steps=refine_steps, learning_rate=refine_learning_rate, condition=c, seed=s,
+            model, x, steps=refine_steps, learning_rate=refine_learning_rate, max_grad_norm=refine_max_grad_norm,
+            condition=c, seed=s,
             differentiable=False).params, autograph=False)
         refine(x[:1], _part(condition, slice(0, 1)), tf.constant([seed, 0]))
         start = time.perf_counter()
