@@ -95,6 +95,31 @@ def test_refinement_raises_the_elbo_of_a_fixed_model():
     np.testing.assert_array_equal(model.refine(x, steps=0, seed=5).params, model.posterior_params(x))
 
 
+
+def test_evaluate_samples_from_the_refined_posterior():
+    """evaluate's proposal for an SA-VAE is its refined q: the same numbers as importance
+    sampling from model.refine's q with evaluate's seeds, and the refined ELBO, well above
+    the encoder's. A model without a refinement of its own refuses refine=True."""
+    from tfvae.inference.evaluate import evaluate
+    keras.utils.set_random_seed(1)
+    model = SAVAE(refine_steps=10, refine_learning_rate=0.2, **TINY)
+    perturb(model, 1, scale=0.5)
+    x = binary_batch(32, seed=2)
+    refined = evaluate(model, x, k=200, batch_size=32, verbose=False)
+    encoder = evaluate(model, x, k=200, batch_size=32, verbose=False, refine=False)
+    assert (refined["proposal"], encoder["proposal"]) == ("refined", "encoder")
+    q = model.posterior_family.distribution(model.refine(x, seed=[1, 0]).params)
+    direct = importance_sampling(model, x, 200, seed=[0, 0], proposal=q)
+    assert refined["log_px"] == pytest.approx(float(np.mean(direct["log_px"])), abs=1e-3)
+    assert refined["elbo"] == pytest.approx(float(np.mean(direct["elbo"])), abs=1e-3)
+    plain = importance_sampling(model, x, 200, seed=[0, 0])
+    assert encoder["log_px"] == pytest.approx(float(np.mean(plain["log_px"])), abs=1e-4)
+    assert refined["elbo"] > encoder["elbo"] + 5.0
+    vae = VAE(**TINY)
+    with pytest.raises(ValueError, match="no refinement of its posterior"):
+        evaluate(vae, x, k=2, verbose=False, refine=True)
+
+
 # ----------------------------------------------------------------- gradients
 def manual_loss(model, x, seed, differentiable=True):
     """The K-step objective rebuilt from its parts: lambda_0 = enc(x), K steps of

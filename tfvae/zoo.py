@@ -140,7 +140,8 @@ def record_test(yaml_path: str, data_dir: str | None = None, verbose: bool = Tru
     """Evaluates the weights a preset ships on its test split, with the evaluation of the
     protocol they were trained with (k importance samples, the examples), and writes the
     numbers into its `pretrained:` section's `test` (the ELBO and log p(x) with standard
-    errors, the KL, the active units). Returns the section."""
+    errors, the KL, the active units, and the proposal: "refined" for a model that refines
+    its encoder's q itself, see `evaluate`). Returns the section."""
     preset = load_preset(yaml_path)
     if preset.pretrained is None:
         raise ValueError(f"{yaml_path} ships no trained weights (no pretrained section)")
@@ -152,6 +153,7 @@ def record_test(yaml_path: str, data_dir: str | None = None, verbose: bool = Tru
     units = active_units(model, test_data)
     section = dataclasses.asdict(preset.pretrained)
     section["test"] = {"split": run.data.eval_split, "k": report["k"], "examples": report["examples"],
+                       "proposal": report["proposal"],
                        **{key: round(float(report[key]), 4) for key in
                           ("elbo", "elbo_se", "log_px", "log_px_se", "kl", "kl_se")},
                        "active_units": units["active"]}
@@ -212,9 +214,10 @@ def zoo_table() -> str:
             rows.append(f"| `{name}` | {run['name']} | {epochs} | {time} | not yet evaluated | | | {paper} | |")
             continue
         difference = "" if published is None or caveat else f"{-test['log_px'] - published:+.2f}"
+        proposal = ", refined q" if test.get("proposal") == "refined" else ""
         rows.append(f"| `{name}` | {run['name']} | {epochs} | {time} | {test['elbo']:.2f} ± {test['elbo_se']:.2f} | "
                     f"{test['log_px']:.2f} ± {test['log_px_se']:.2f} | k = {test['k']:,}, {test['examples']:,} "
-                    f"images | {paper} | {difference} |")
+                    f"images{proposal} | {paper} | {difference} |")
     return "\n".join(rows + ([""] + notes if notes else [])) + "\n"
 
 

@@ -98,14 +98,15 @@ REFINE_STEPS, REFINE_LEARNING_RATE, REFINE_MAX_GRAD_NORM = 20, 0.02, 5.0
 
 
 def _refinement_settings(model, steps, learning_rate):
-    """(steps, learning rate, max gradient norm) of the semi-amortized path: those given, else
-    the model's own refinement (an SA-VAE's refine_steps, refine_learning_rate and
-    max_grad_norm), else the defaults above."""
-    own = hasattr(model, "refine_steps")
-    return (REFINE_STEPS if steps is None and not own else model.refine_steps if steps is None else steps,
-            (REFINE_LEARNING_RATE if not own else model.refine_learning_rate) if learning_rate is None
-            else learning_rate,
-            model.max_grad_norm if own else REFINE_MAX_GRAD_NORM)
+    """(steps, learning rate, max gradient norm, draws per step) of the semi-amortized path:
+    those given, else the model's own refinement (an SA-VAE's refine_steps,
+    refine_learning_rate, max_grad_norm and refine_samples), else the defaults above."""
+    if not hasattr(model, "refine_steps"):
+        return (REFINE_STEPS if steps is None else steps,
+                REFINE_LEARNING_RATE if learning_rate is None else learning_rate, REFINE_MAX_GRAD_NORM, 1)
+    return (model.refine_steps if steps is None else steps,
+            model.refine_learning_rate if learning_rate is None else learning_rate,
+            model.max_grad_norm, model.refine_samples)
 
 
 def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: int = 5000,
@@ -142,13 +143,13 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
     x = check_batch(x, model.data_shape, "x", model.likelihood.support)
     condition = check_condition(condition, model.condition_dim, x.shape[0])
     n = int(x.shape[0])
-    refine_steps, refine_learning_rate, refine_max_grad_norm = _refinement_settings(
+    refine_steps, refine_learning_rate, refine_max_grad_norm, refine_samples = _refinement_settings(
         model, refine_steps, refine_learning_rate)
     say = print if verbose else (lambda *a, **kw: None)
     report = {"model": model.name, "examples": n, "k": k, "eval_k": eval_k, "latent_dim": model.latent_dim,
               "settings": {"steps": steps, "learning_rate": learning_rate, "samples": samples,
                            "refine_steps": refine_steps, "refine_learning_rate": refine_learning_rate,
-                           "refine_max_grad_norm": refine_max_grad_norm,
+                           "refine_max_grad_norm": refine_max_grad_norm, "refine_samples": refine_samples,
                            "batch_size": batch_size, "seed": seed},
               "paths": {}, "gaps": {}, "traces": {}}
     partial_path = None if out_path is None else "{0}.partial{1}".format(*os.path.splitext(out_path))
@@ -176,8 +177,7 @@ def gap_report(model, x, condition=None, families=("diag", "full", "flow"), k: i
         say(f"semi-amortized: {refine_steps} refinement steps of the encoder's q")
         refine = tf.function(lambda x, c, s: refine_posterior(
             model, x, steps=refine_steps, learning_rate=refine_learning_rate, max_grad_norm=refine_max_grad_norm,
-            condition=c, seed=s,
-            differentiable=False).params, autograph=False)
+            samples=refine_samples, condition=c, seed=s, differentiable=False).params, autograph=False)
         refine(x[:1], _part(condition, slice(0, 1)), tf.constant([seed, 0]))
         start = time.perf_counter()
         refined = [refine(x[part], _part(condition, part), tf.constant([seed, i]))
