@@ -61,7 +61,8 @@ def _preset_line(name: str, summary: str) -> str:
 def _print_report(report: dict):
     rows = [("log p(x) (IWAE, k={k})".format(k=report["k"]), "log_px"), ("ELBO", "elbo"),
             ("  E_q[log p(x|z)]", "log_px_z"), ("  KL(q(z|x) || p(z))", "kl"), ("log p(x) - ELBO", "gap")]
-    print(f"{report['examples']} examples, {report['seconds']:.1f} s ({report['examples_per_second']:.1f}/s)")
+    proposal = ", proposal: the encoder's q refined by the model's steps" if report.get("proposal") == "refined" else ""
+    print(f"{report['examples']} examples, {report['seconds']:.1f} s ({report['examples_per_second']:.1f}/s){proposal}")
     for label, key in rows:
         print(f"  {label:<24} {report[key]:>10.2f} ± {report[key + '_se']:.2f} nats")
     print(f"  {'NLL':<24} {report['nll']:>10.2f} nats  ({report['bits_per_dim']:.4f} bits/dim)")
