@@ -631,6 +631,27 @@ def test_slices_of_the_shapes_split_partition_it():
         np.testing.assert_array_equal(y, whole_y[expected], err_msg=text)
 
 
+def test_a_union_of_splits_is_their_parts_in_order_and_trains_when_it_holds_train():
+    train_x, train_y = data.load_arrays("shapes", "train")
+    valid_x, valid_y = data.load_arrays("shapes", "valid")
+    test_x, _ = data.load_arrays("shapes", "test")
+    x, y = data.load_arrays("shapes", "train+valid")
+    np.testing.assert_array_equal(x, np.concatenate([train_x, valid_x]))
+    np.testing.assert_array_equal(y, np.concatenate([train_y, valid_y]))
+    x, _ = data.load_arrays("shapes", " test[-5:] + train[:+3] ")      # slices, a signed bound, spaces
+    np.testing.assert_array_equal(x, np.concatenate([test_x[-5:], train_x[:3]]))
+    # Holding "train", the union is shuffled training data by default; the whole of it every pass.
+    batch = next(iter(data.load("shapes", "train+valid", batch_size=len(train_x) + len(valid_x)))).numpy()
+    assert not np.array_equal(batch, np.concatenate([train_x, valid_x]))
+    assert sorted(r.tobytes() for r in batch) == sorted(r.tobytes() for r in np.concatenate([train_x, valid_x]))
+    for bad, message in (("train+", "cannot read the union"), ("train+train", "names a split twice"),
+                         ("train+vald", "no split 'vald'")):
+        with pytest.raises(DataError, match=message):
+            data.load_arrays("shapes", bad)
+    with pytest.raises(DataError, match="one split at a time"):
+        data.load_factors("shapes", "train+valid")
+
+
 def test_sliced_pipelines_keep_file_order_and_train_on_the_chosen_split():
     whole_x, whole_y = data.load_arrays("shapes", "test")
     head, tail = data.load("shapes", ("test[:1500]", "test[1500:]"), labels=True, batch_size=1000)

@@ -15,13 +15,19 @@ def load_arrays(name: str, split: str, data_dir=None, download: bool = True,
     """Read one split: images float32 ``[N, H, W, C]`` in [0, 1], labels int64 ``[N]`` or None.
 
     ``split`` is a split name, or a slice of one in file order: ``"test[:8000]"``,
-    ``"test[8000:]"``, ``"train[-10000:]"`` (see `tfvae.data.splits`).
+    ``"test[8000:]"``, ``"train[-10000:]"``, or a union of them, ``"train+valid"``, whose
+    parts are concatenated in order (see `tfvae.data.splits`).
     Files come from ``data_dir`` if given, else the cache, else a download
     (when ``download``); ``verify`` also checksums local files.
     """
     spec = get_spec(name)
     meta = spec.info
     parsed = check_split(meta, split)
+    if parsed.parts:
+        loaded = [load_arrays(name, part.text, data_dir, download, verify) for part in parsed.parts]
+        images = np.concatenate([images for images, _ in loaded])
+        labels = None if loaded[0][1] is None else np.concatenate([labels for _, labels in loaded])
+        return images, labels
     paths = resolve_files(meta.name, meta.files[parsed.base], spec.urls, spec.checksums,
                           data_dir=data_dir, download=download, verify=verify)
     images, labels = spec.read(parsed.base, paths)

@@ -201,6 +201,8 @@ def load_factors(name: str, split: str, data_dir=None, max_examples: int | None 
     meta = get_spec(name).info
     _require_factors(meta)
     parsed = parse_split(meta, split)
+    if parsed.parts:
+        raise DataError(f"dataset {name!r}: the factors are read from one split at a time, not the union {split!r}")
     if max_examples is not None and (not isinstance(max_examples, numbers.Integral)
                                      or isinstance(max_examples, bool) or max_examples <= 0):
         raise ValueError(f"max_examples must be None or a positive integer, got {max_examples!r}")

@@ -61,7 +61,7 @@ def load(name: str, split="train", data_dir=None, batch_size: int | tuple[int, .
         first = list(splits).index(train_split)   # the same split twice: the first is the training one
         is_train = [i == first for i in range(len(splits))]
     else:
-        is_train = [p.base == "train" for p in parsed]
+        is_train = ["train" in p.bases for p in parsed]
     if labels and not meta.num_classes:
         raise DataError(f"dataset {meta.name!r} has no labels; use labels=False")
     mode = meta.default_binarize if binarize is None else binarize
