@@ -384,3 +384,19 @@ def test_the_flow_prior_integrates_to_one():
     assert density.sum() * (axis[1] - axis[0]) ** 2 == pytest.approx(1.0, abs=1e-2)
     draws = model.prior().sample(2000, seed=[4, 5]).numpy()
     assert np.isfinite(draws).all() and abs(draws.mean()) < 5
+
+
+def test_the_mixture_prior_starts_close_to_the_standard_normal():
+    """Means spread by 0.1 (the default): on draws from N(0, I) in 50 dimensions its log-density
+    is within a nat of the closed-form standard normal's; a spread of 1 (the old initialisation,
+    7.5-9.7 nats worse after 10 epochs of mog_prior_bmnist) is tens of nats off."""
+    z = np.random.default_rng(0).standard_normal((2000, 50)).astype(np.float32)
+    standard = tfp.distributions.MultivariateNormalDiag(tf.zeros(50)).log_prob(z).numpy()
+
+    def distance(**kwargs):
+        model = MoGPriorVAE(data_shape=(6,), latent_dim=50, encoder={"type": "mlp", "hidden": [8]}, seed=3, **kwargs)
+        return float(np.mean(np.abs(model.prior().log_prob(z).numpy() - standard)))
+
+    assert distance() < 1.0
+    assert distance(loc_init_stddev=1.0) > 10.0
+    assert distance(loc_init_stddev=0.0) < 1e-4       # ten copies of N(0, I)

