@@ -474,6 +474,57 @@ def test_dynamic_binarization_with_shuffle_is_reproducible(mnist_as_train):
         np.testing.assert_array_equal(a, b)
 
 
+def test_an_endless_stream_started_at_batch_g_is_the_stream_from_0_without_its_first_g(mnist_as_train):
+    # The resumable training stream: shuffled passes of 250 examples in batches of 100 (3 per
+    # pass, the last of 50), each batch binarized afresh, labels riding along.
+    def stream(start, count, seed=0):
+        ds = data.load("mnist", "train", data_dir=mnist_as_train, seed=seed, max_examples=250,
+                       labels=True, stream_from=start)
+        return [(x.numpy(), y.numpy()) for x, y in ds.take(count)]
+
+    whole = stream(0, 12)
+    assert [len(x) for x, _ in whole] == [100, 100, 50] * 4
+    for x, _ in whole:
+        assert set(np.unique(x)) <= {0.0, 1.0}
+    # Each pass holds every example once, in its own order, with its own binarization.
+    keep = np.sort(np.random.default_rng(0).permutation(10000)[:250])
+    _, file_labels = data.load_arrays("mnist", "train", data_dir=mnist_as_train)
+    passes = [np.concatenate([y.argmax(1) for _, y in whole[i:i + 3]]) for i in range(0, 12, 3)]
+    for labels in passes:
+        assert sorted(labels) == sorted(file_labels[keep])
+    assert not np.array_equal(passes[0], passes[1])
+    images = [np.concatenate([x for x, _ in whole[i:i + 3]]) for i in range(0, 12, 3)]
+    assert not np.array_equal(np.sort(images[0].reshape(250, -1), 0), np.sort(images[1].reshape(250, -1), 0))
+    for start in (1, 3, 5, 7):      # mid-pass, a pass boundary, later passes
+        for (x, y), (x0, y0) in zip(stream(start, 12 - start), whole[start:], strict=True):
+            np.testing.assert_array_equal(x, x0)
+            np.testing.assert_array_equal(y, y0)
+    again = stream(0, 12)           # every iterator reads the same stream; the seed picks it
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(again, whole))
+    assert not np.array_equal(stream(0, 1, seed=1)[0][0], whole[0][0])
+
+
+def test_an_endless_stream_starts_far_on_at_once():
+    # Starting at batch 10**9 (100 million passes of 10 batches) must not replay them: it takes
+    # about as long as starting at 0. Its batches are the data's rows, and the stream from two
+    # batches earlier reaches the same ones.
+    images = data.load_arrays("shapes", "test[:95]")[0]
+    far = 10 ** 9
+
+    def stream(start, count):
+        ds = data.load("shapes", "test[:95]", batch_size=10, train_split="test[:95]", stream_from=start)
+        return [x.numpy() for x in ds.take(count)]
+
+    began = time.perf_counter()
+    batches = stream(far, 12)
+    assert time.perf_counter() - began < 20
+    assert [len(x) for x in batches] == [10] * 9 + [5, 10, 10]    # batch 10**9 opens a pass
+    rows = {row.tobytes() for row in images.reshape(95, -1)}
+    assert all(row.tobytes() in rows for x in batches for row in x.reshape(len(x), -1))
+    for x, x0 in zip(stream(far - 2, 14)[2:], batches, strict=True):
+        np.testing.assert_array_equal(x, x0)
+
+
 def test_dynamic_binarization_of_eval_split_is_fixed(mnist_dir, mnist_test):
     ds = data.load("mnist", "test", data_dir=mnist_dir, binarize="dynamic",
                    batch_size=10000, seed=5)
@@ -505,6 +556,11 @@ def test_static_and_raw_values(mnist_as_train, mnist_test):
     ({"seed": -1}, "seed must be an integer >= 0"),
     ({"max_examples": 0}, "max_examples must be None or a positive integer"),
     ({"split": ()}, "split must be"),
+    ({"stream_from": -1}, "stream_from must be a batch index"),
+    ({"stream_from": 2.0}, "stream_from must be a batch index"),
+    ({"stream_from": True}, "stream_from must be a batch index"),
+    ({"stream_from": 0, "split": ("train", "test")}, "one split as an endless stream"),
+    ({"stream_from": 0, "split": "train[:5]", "batch_size": 10, "drop_remainder": True}, "make no batch of 10"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

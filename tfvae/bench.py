@@ -261,14 +261,14 @@ def preset_data(data_shape, condition_dim: int, data_dir: str | None, examples: 
 
 
 def training_stream(images, batch_size: int, seed: int = 0, conditions=None):
-    """The training input: shuffled every pass, batched, repeated, prefetched; (x, c) pairs
-    when `conditions` are given. One iterator serves the whole of `fit` (steps_per_epoch),
-    so no epoch pays for a new one."""
+    """The training input, as `train` reads it: an endless stream of shuffled passes, batched
+    and prefetched; (x, c) pairs when `conditions` are given. One iterator serves the whole
+    of `fit` (steps_per_epoch), so no epoch pays for a new one."""
     import tensorflow as tf
 
     from tfvae.data.pipeline import batches
     elements = images if conditions is None else (images, conditions)
-    return batches(elements, batch_size, shuffle=True, seed=seed).repeat().prefetch(tf.data.AUTOTUNE)
+    return batches(elements, batch_size, shuffle=True, seed=seed, stream_from=0).prefetch(tf.data.AUTOTUNE)
 
 
 # ----------------------------------------------------------------------------- measurements

@@ -18,9 +18,9 @@ The arrays are written to a temporary name and renamed over the file (`tfvae.io`
 kill -9 at any moment leaves either the previous state or the new one, never half of one.
 
 `tfvae.training.train(resume=RUN_DIR)` rebuilds the run from its config.yaml, restores this
-state, and replays the training stream to the same global step with `Dataset.skip`: the
-shuffle and the dynamic binarization are seeded functions of the pass over the data, so
-the skipped stream yields exactly the batches the killed run would have read next. It
+state, and starts the training stream at the same global step: the stream's batch b is a
+function of the seed and b alone (`tfvae.data.load(stream_from=...)`), so it yields exactly
+the batches the killed run would have read next, at once, however far the run had got. It
 finishes the interrupted epoch, then runs the remaining ones; a run killed after its training,
 in the final evaluation, restores its final weights and evaluates them. With the same seed, a
 resumed run takes the same steps on the same batches with the same random draws as an

@@ -64,20 +64,6 @@ def resolve_preset(preset: str | Preset, model: dict | None = None, training: di
                                                    False)}))
 
 
-def repeating(batches, steps_per_epoch=None):
-    """(the batches repeated without end, steps per epoch: `steps_per_epoch` or one pass).
-
-    Keras `fit` then draws every epoch from one iterator. Given a finite data set it makes a
-    new iterator each epoch instead, and destroying the old one (with its prefetch threads)
-    stalled the next epoch's first step by 0.4-1 s in 3 of 7 epochs on a 2-core machine,
-    about a tenth of a 5 s epoch (docs/performance.md). The shuffle before the batching
-    still reshuffles on every pass."""
-    cardinality = int(batches.cardinality())
-    if cardinality < 0:        # infinite or unknown: nothing to repeat or count
-        return batches, steps_per_epoch
-    return batches.repeat(), steps_per_epoch or cardinality
-
-
 def default_run_dir(preset_name: str) -> str:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return os.path.join("runs", f"{preset_name}_{stamp}")
@@ -179,7 +165,7 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
 
     grid_batch = next(iter(load_eval_data(preset, data_dir, examples=16, batch_size=16, seed=t.seed)))
     grid_x, grid_condition = vae.unpack(grid_batch)
-    steps_per_epoch = repeating(train_data, t.steps_per_epoch)[1]
+    steps_per_epoch = t.steps_per_epoch or int(train_data.cardinality())   # default: one pass
     history_path = os.path.join(out, "history.csv")
     epoch, step = (state[0]["epoch"], state[0]["step"]) if state else (0, 0)
     checkpoints = Checkpoints(os.path.join(out, WEIGHTS_FILE), os.path.join(out, BEST_WEIGHTS_FILE),
@@ -210,20 +196,19 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
             checkpoints.write()    # the last finite epoch's weights, if they were waiting
             raise
 
-    unread = [train_data]
-
     def stream_from(global_step):
-        """The training stream from `global_step` on. It is one pass after another over the
-        shuffled data (`repeating`), so skipping the steps already taken yields the batches an
-        uninterrupted run reads next. The first call reads the data loaded above; a later one
-        loads it afresh: a second iterator over one shuffled Dataset object would draw the
-        next shuffle order, not the first."""
-        batches = unread.pop() if unread else datasets.load(
+        """The training stream from its `global_step`-th batch on: pass after pass over the
+        shuffled data without end, each batch a function of the seed and its index alone
+        (`datasets.load(stream_from=...)`), so a resumed run reads the batches an uninterrupted
+        one reads next and starts as fast. `fit` draws all its epochs from one iterator of it.
+        (Given a finite data set, `fit` makes a new iterator each epoch, and destroying the old
+        one, with its prefetch threads, stalled the next epoch's first step by 0.4-1 s in 3 of
+        7 epochs on a 2-core machine, about a tenth of a 5 s epoch: docs/performance.md.)"""
+        stream = datasets.load(
             preset.data.name, split=preset.data.train_split, data_dir=data_dir, batch_size=t.batch_size,
             binarize=preset.data.binarize, seed=t.seed, labels=preset.data.labels,
-            train_split=preset.data.train_split)
-        stream = prepare_dataset(repeating(batches, t.steps_per_epoch)[0], strategy)
-        return stream.skip(global_step) if global_step else stream
+            train_split=preset.data.train_split, stream_from=global_step)
+        return prepare_dataset(stream, strategy)
 
     if resume_state.finished:     # interrupted after training (in the evaluation): its final weights
         resume_state.restore(vae)
