@@ -5,10 +5,10 @@
     python scripts/train_zoo.py beta_vae_bmnist --data-dir ../shared/data/binarized_mnist   # converge
 
 Trains PRESET with the protocol (default "converge": the preset's short recipe until the
-validation loss has not improved by 0.1 nats in 50 epochs, keeping the best epoch) into
-RUNS/<preset>_<protocol>. Run the same command again after an interruption: an unfinished run
-is resumed (`tfvae train --resume`), a finished one is not trained again. Then it writes
-zoo_configs/<preset>.weights.h5 (the best validation epoch's weights, variables only) and the
+validation loss, or the preset's `training.monitor`, has not improved by 0.1 nats in 50
+epochs, keeping the best epoch) into RUNS/<preset>_<protocol>. Run the same command again
+after an interruption: an unfinished run is resumed (`tfvae train --resume`), a finished one
+is not trained again. Then it writes zoo_configs/<preset>.weights.h5 (the best validation epoch's weights, variables only) and the
 preset's `pretrained:` section: the protocol, time, machine, test ELBO and log p(x) with
 standard errors, active units, the file's sha256 and the fingerprint the tests check
 (`tfvae.zoo.publish`). The weights and the section are written before the test evaluation
@@ -28,7 +28,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("preset", help="zoo preset name (tfvae list)")
     p.add_argument("--protocol", choices=["converge", "paper", "short"], default="converge",
-                   help="converge (default): the short recipe until the validation loss stops improving; "
+                   help="converge (default): the short recipe until the validation loss (or the preset's monitor) stops improving; "
                         "paper: the published protocol of the preset's paper section; short: the CPU recipe")
     p.add_argument("--data-dir", default=os.environ.get("TFVAE_DATA_DIR"),
                    help="directory holding the data set's files (default: $TFVAE_DATA_DIR, else the download cache)")

@@ -218,3 +218,57 @@ def test_early_stopping_counts_only_improvements_beyond_min_delta(tmp_path):
         val_loss = [float(row["val_loss"]) for row in csv.DictReader(f)]
     assert metadata["epochs"] == len(val_loss) == 3
     assert metadata["best_epoch"] == 1 + int(np.argmin(val_loss))
+
+
+def test_checkpoints_in_max_mode_keep_the_highest_monitor(tmp_path):
+    """mode "max" keeps the epoch of the highest score, where "min" keeps the lowest."""
+    import keras
+
+    from tfvae.training import Checkpoints
+
+    class Score(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_elbo"] = [-3.0, -1.0, -2.0][epoch]
+
+    x = (np.random.default_rng(0).random((16, 4, 4, 1)) > 0.5).astype("float32")
+    for mode, expected in (("max", 2), ("min", 1)):
+        model = VAE(data_shape=(4, 4, 1), latent_dim=2, encoder={"type": "mlp", "hidden": [8]})
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        checkpoints = Checkpoints(str(tmp_path / f"{mode}.last.weights.h5"), str(tmp_path / f"{mode}.weights.h5"),
+                                  monitor="val_elbo", mode=mode)
+        model.fit(x, epochs=3, batch_size=8, verbose=0, callbacks=[Score(), checkpoints])
+        assert checkpoints.best_epoch == expected
+    with pytest.raises(ValueError, match="mode must be"):
+        Checkpoints("a.weights.h5", "b.weights.h5", mode="lowest")
+
+
+def test_a_run_monitoring_the_validation_elbo_stops_and_keeps_the_best_by_it(tmp_path):
+    """monitor: val_elbo (higher is better) picks the best epoch and drives early stopping:
+    the run's best epoch and its length equal the rule replayed on its own history."""
+    import csv
+
+    from tfvae.training import train
+
+    preset = tmp_path / "vq.yaml"
+    preset.write_text(
+        "model: {class: vqvae, data_shape: [28, 28, 1], num_latents: 2, embedding_dim: 2, codebook_size: 8,\n"
+        "        encoder: {type: mlp, hidden: [8]}}\n"
+        "data: {name: shapes}\n"
+        "training: {epochs: 10, batch_size: 50, steps_per_epoch: 2, jit_compile: false, image_every: 0,\n"
+        "           monitor: val_elbo, early_stopping_patience: 2, early_stopping_min_delta: 0.5}\n")
+    out = train(str(preset), out=str(tmp_path / "run"), evaluate_after=False, verbose=0)
+    with open(os.path.join(out, "metadata.json")) as f:
+        metadata = json.load(f)
+    with open(os.path.join(out, "history.csv")) as f:
+        val_elbo = [float(row["val_elbo"]) for row in csv.DictReader(f)]
+    best, wait, stop = -np.inf, 0, 10
+    for epoch, value in enumerate(val_elbo, start=1):
+        if value > best + 0.5:
+            best, wait = value, 0
+        else:
+            wait += 1
+            if wait >= 2:
+                stop = epoch
+                break
+    assert metadata["epochs"] == len(val_elbo) == stop
+    assert metadata["best_epoch"] == 1 + int(np.argmax(val_elbo))

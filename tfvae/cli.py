@@ -167,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"zoo preset, run directory or YAML file (default: {DEFAULT_PRESET}, no download)")
     p.add_argument("--protocol", choices=list(PROTOCOLS), default="short",
                    help="short: the preset's CPU recipe (default); paper: its paper's published protocol; "
-                        f"converge: the short recipe until the validation loss has not improved by "
-                        f"{CONVERGENCE['min_delta']} in {CONVERGENCE['patience']} epochs")
+                        f"converge: the short recipe until the validation loss (or the preset's training.monitor) "
+                        f"has not improved by {CONVERGENCE['min_delta']} in {CONVERGENCE['patience']} epochs")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate", type=float)

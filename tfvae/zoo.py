@@ -114,7 +114,7 @@ def publish(run_dir: str, zoo_dir: str, command: str, data_dir: str | None = Non
         "sha256": file_sha256(os.path.join(zoo_dir, weights_file)),
         "command": command,
         "protocol": {"name": metadata["protocol"], "epochs_run": metadata["epochs"],
-                     "best_epoch": metadata["best_epoch"], "weights": "best validation epoch",
+                     "best_epoch": metadata["best_epoch"], "weights": "best validation epoch", "monitor": t.monitor,
                      "max_epochs": t.epochs, "batch_size": t.batch_size, "optimizer": t.optimizer,
                      "learning_rate": t.learning_rate, "schedule": t.schedule, "adam_epsilon": t.adam_epsilon,
                      "clipnorm": t.clipnorm, "kl_warmup_epochs": t.kl_warmup_epochs,

@@ -137,7 +137,8 @@ class KLWarmup(keras.callbacks.Callback):
 
 
 class Checkpoints(keras.callbacks.Callback):
-    """Keeps the last weights and the best ones (lowest `monitor`) in two `.weights.h5` files,
+    """Keeps the last weights and the best ones (lowest `monitor`, or highest under mode "max")
+    in two `.weights.h5` files,
     written atomically: a crash while saving leaves the previous file intact. An epoch that
     ends with a non-finite loss, or with a NaN or infinity in any weight (a diverged model),
     counts for neither, so both files only ever hold finite weights.
@@ -153,15 +154,19 @@ class Checkpoints(keras.callbacks.Callback):
     others, because their `monitor` measures another objective (a KL warm-up's loss weighs the
     KL by less than 1, so it rises as the weight grows, whatever the model learns). Until then the
     latest epoch stands in as the best (the closest to the objective); from then on the best is
-    the lowest `monitor` among the epochs from `start_from_epoch` on.
+    the best `monitor` among the epochs from `start_from_epoch` on. An epoch without `monitor`
+    (no validation data) is judged by the same metric on the training data (`monitor` without
+    its "val_" prefix).
     """
 
     def __init__(self, last_path: str, best_path: str, monitor: str = "val_loss", every_seconds: float = 0.0,
-                 start_from_epoch: int = 0):
+                 start_from_epoch: int = 0, mode: str = "min"):
         super().__init__()
-        self.last_path, self.best_path, self.monitor = last_path, best_path, monitor
+        if mode not in ("min", "max"):
+            raise ValueError(f'mode must be "min" or "max", got {mode!r}')
+        self.last_path, self.best_path, self.monitor, self.mode = last_path, best_path, monitor, mode
         self.every_seconds, self.start_from_epoch = every_seconds, start_from_epoch
-        self.best = math.inf
+        self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = None
         self.best_weights = None          # the best epoch's weights (numpy), once there is one
         self.last_weights = None          # the last finite epoch's weights, while not yet written
@@ -173,11 +178,11 @@ class Checkpoints(keras.callbacks.Callback):
         if not np.isfinite(logs.get("loss", 0.0)) or non_finite_weights(self.model):
             return
         weights = self.model.get_weights()
-        value = logs.get(self.monitor, logs.get("loss"))
+        value = logs.get(self.monitor, logs.get(self.monitor.removeprefix("val_")))
         finite = value is not None and np.isfinite(value)
         if epoch < self.start_from_epoch and finite:     # not comparable: the latest stands in
             self.best_epoch, self.best_weights, self.best_written = epoch + 1, weights, False
-        elif finite and value < self.best:
+        elif finite and (value < self.best if self.mode == "min" else value > self.best):
             self.best, self.best_epoch = float(value), epoch + 1
             self.best_weights, self.best_written = weights, False
         self.last_weights = weights

@@ -168,8 +168,10 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     steps_per_epoch = t.steps_per_epoch or int(train_data.cardinality())   # default: one pass
     history_path = os.path.join(out, "history.csv")
     epoch, step = (state[0]["epoch"], state[0]["step"]) if state else (0, 0)
+    mode = "max" if t.monitor == "val_elbo" else "min"
     checkpoints = Checkpoints(os.path.join(out, WEIGHTS_FILE), os.path.join(out, BEST_WEIGHTS_FILE),
-                              every_seconds=t.checkpoint_seconds, start_from_epoch=t.kl_warmup_epochs)
+                              monitor=t.monitor, mode=mode, every_seconds=t.checkpoint_seconds,
+                              start_from_epoch=t.kl_warmup_epochs)
     run_callbacks = [StopOnNonFinite(os.path.join(out, WEIGHTS_FILE)), checkpoints,
                      HistoryCSV(history_path, read_history(history_path, epoch) if state else ()),
                      ImageGrid(grid_x, os.path.join(out, "images"), grid_condition, every=t.image_every, seed=t.seed)]
@@ -180,7 +182,8 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
         run_callbacks.insert(0, schedule)
     early_stopping = None
     if t.early_stopping_patience:
-        early_stopping = keras.callbacks.EarlyStopping(patience=t.early_stopping_patience,
+        early_stopping = keras.callbacks.EarlyStopping(monitor=t.monitor, mode=mode,
+                                                       patience=t.early_stopping_patience,
                                                        min_delta=t.early_stopping_min_delta,
                                                        start_from_epoch=t.kl_warmup_epochs)
         run_callbacks.append(early_stopping)
