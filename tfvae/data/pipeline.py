@@ -144,18 +144,17 @@ def batches(arrays, batch_size: int, shuffle: bool, seed: int = 0, drop_remainde
             rows = rows.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size:]))
         return rows
 
-    def permutation(seed_pair):
-        return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=seed_pair)
+    file_order = tf.range(count, dtype=tf.int64)
 
-    def in_file_order(_):
-        return tf.range(count, dtype=tf.int64)
+    def permutation(seed_pair):
+        return tf.random.experimental.stateless_shuffle(file_order, seed=seed_pair)
 
     if stream_from is None:
         if shuffle:
             keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
             orders = keys.map(lambda key: permutation(tf.stack([key, tf.constant(seed, tf.int64)])))
         else:
-            orders = tf.data.Dataset.from_tensors(tf.range(count, dtype=tf.int64))
+            orders = tf.data.Dataset.from_tensors(file_order)
         rows = (orders.flat_map(rows_of)
                 .apply(tf.data.experimental.assert_cardinality(batches_per_pass)))   # flat_map hides it
     else:
@@ -165,7 +164,7 @@ def batches(arrays, batch_size: int, shuffle: bool, seed: int = 0, drop_remainde
         first_pass, offset = divmod(stream_from, batches_per_pass)
         passes = tf.data.Dataset.counter(first_pass)
         orders = passes.map(lambda p: permutation(_stream_seed(seed, _ORDER_STREAM, p))) if shuffle \
-            else passes.map(in_file_order)
+            else passes.map(lambda _: file_order)
         rows = orders.flat_map(rows_of).skip(offset)
     return rows.map(lambda rows: tf.nest.map_structure(lambda t: tf.gather(t, rows), tensors))
 
