@@ -192,6 +192,34 @@ def test_posterior_and_prior_samples_follow_their_log_prob(kind):
         assert dist.event_shape == (2,)
 
 
+def test_chain_moments_are_exact_for_the_first_block_and_rao_blackwellised_for_the_second():
+    """q(z1|x) = N(mu(x), 2^2) with only unit 0 moving with x, q(z2|z1) = N(z1 / 2, 1): the
+    means are mu and mu / 2 (only unit 0 moves), the standard deviations 2 and sqrt(2). The
+    estimate gets z1's means exactly and z2's with the noise of z1 / 2 alone (variance over x
+    1 / 256 = 0.004), where 256 plain draws scatter them by variances 4 / 256 = 0.016 and
+    2 / 256 = 0.008: enough for an unused z1 unit to pass as active (threshold 0.01)."""
+    from tfvae.distributions import DiagonalNormal
+    from tfvae.models.hierarchy import TwoLevelChain
+
+    mu = np.zeros((1000, 3), np.float32)
+    mu[:, 0] = np.linspace(-1, 1, 1000)
+    chain = TwoLevelChain(DiagonalNormal(loc=mu, scale_diag=2 * np.ones_like(mu)),
+                          lambda z1: DiagonalNormal(loc=z1 / 2, scale_diag=tf.ones_like(z1)),
+                          first_is_z1=True, sizes=(3, 3))
+    mean, stddev = moments(chain, seed=(1, 2), samples=256)
+    expected_mean = np.concatenate([mu, mu / 2], axis=-1)
+    np.testing.assert_allclose(mean[:, :3], mu)
+    np.testing.assert_allclose(mean[:, 3:], mu / 2, atol=0.3)     # z1 / 2 averaged: noise 1 / 16 (sd)
+    np.testing.assert_allclose(stddev[:, :3], 2.0)
+    np.testing.assert_allclose(np.mean(stddev[:, 3:]), math.sqrt(2), rtol=0.02)
+    # Activity Var_x(E[z_i]) of the unused units (1, 2 of each block): zero for z1, 0.004 for z2.
+    activity = np.var(mean.numpy(), axis=0, ddof=1)
+    assert activity[[1, 2]].max() == 0 and activity[[4, 5]].max() < 0.005
+    plain = np.var(np.mean(chain.sample(256, seed=[1, 2]).numpy(), 0), axis=0, ddof=1)
+    assert plain[[1, 2]].min() > 0.01                  # what the estimate avoids
+    np.testing.assert_allclose(activity[[0, 3]], np.var(expected_mean[:, [0, 3]], axis=0, ddof=1), rtol=0.05)
+
+
 # ------------------------------------------------------------------ the one-layer limit
 def test_one_layer_hvae2_is_exactly_the_vae():
     config = dict(data_shape=SHAPE, encoder={"type": "mlp", "hidden": [16]}, seed=3)

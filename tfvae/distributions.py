@@ -352,9 +352,12 @@ def standard_normal(latent_dim: int) -> tfd.Distribution:
 
 def moments(q, seed=(0, 0), samples: int = 256):
     """(mean, standard deviation), each [B, L], of a distribution over z: exact when TFP
-    has them, else estimated from `samples` draws (e.g. for a flow posterior)."""
+    has them, else the distribution's own `estimate_moments(samples, seed)` if it has one
+    (a two-layer chain's), else estimated from `samples` draws (e.g. for a flow posterior)."""
     try:
         return q.mean(), q.stddev()
     except NotImplementedError:
+        if hasattr(q, "estimate_moments"):
+            return q.estimate_moments(samples, seeds.as_seed(seed))
         z = q.sample(samples, seed=seeds.as_seed(seed))
         return tf.reduce_mean(z, 0), tf.math.reduce_std(z, 0) + SCALE_EPS

@@ -49,7 +49,8 @@ class TwoLevelChain(tfd.Distribution):
 
     Sampling is ancestral (z_a ~ r(z_a), then z_b ~ r(z_b|z_a), from two seeds split off
     the given one) and reparameterised when both factors are. Mean and variance have no
-    closed form (they raise NotImplementedError; `tfvae.distributions.moments` estimates them).
+    closed form (they raise NotImplementedError); `estimate_moments` estimates them, with the
+    first block's exact, for `tfvae.distributions.moments`.
     """
 
     def __init__(self, first, then, first_is_z1: bool, sizes, name: str = "TwoLevelChain"):
@@ -101,6 +102,25 @@ class TwoLevelChain(tfd.Distribution):
     def _log_prob(self, z):
         z_first, z_second = self.split(z)
         return self._first.log_prob(z_first) + self._then(z_first).log_prob(z_second)
+
+    def estimate_moments(self, samples: int, seed):
+        """(mean, standard deviation) over z, each [batch..., d1 + d2]: the first block's
+        exactly, the second's from `samples` draws z_a of the first, Rao-Blackwellised:
+
+            E[z_b] ~= mean_s m(z_a_s),   Var[z_b] ~= mean_s v(z_a_s) + var_s m(z_a_s)
+
+        with m, v the conditional's mean and variance (the law of total variance). The noise
+        is only what the conditional's mean varies with z_a: a block that ignores the first
+        gets its moments exactly, where plain sample moments would carry Var[z_b]/samples of
+        noise (with a standard deviation of 2, 0.016: above the 0.01 that makes a unit count
+        as active)."""
+        z_first = self._first.sample(samples, seed=seed)
+        second = self._then(z_first)
+        second_mean = tf.reduce_mean(second.mean(), 0)
+        second_variance = tf.reduce_mean(second.variance(), 0) + tf.math.reduce_variance(second.mean(), 0)
+        mean = self._join(self._first.mean(), second_mean)
+        stddev = self._join(self._first.stddev(), tf.sqrt(second_variance))
+        return mean, stddev
 
 
 # --------------------------------------------------------------------- conditional Gaussian nets
