@@ -3,6 +3,7 @@
 the fingerprint recorded when it was trained."""
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import h5py
@@ -106,6 +107,37 @@ def test_publish_refuses_an_unfinished_run_and_a_run_of_another_network(shipped,
     assert not (other / "tiny.weights.h5").exists() and "pretrained" not in (other / "tiny.yaml").read_text()
     with pytest.raises(ValueError, match="not a finished run"):
         publish(str(tmp_path), str(zoo), "cmd")
+
+
+def test_publish_refuses_a_run_that_blew_up_after_its_best_epoch(shipped, tmp_path):
+    """A finite blow-up (the loss 10x its best and more) ends in early stopping on the best
+    epoch: publishing it as converged is refused, the zoo left as it was; a rise below the
+    factor (overfitting) is published."""
+    import shutil
+
+    from tfvae.zoo import publish
+    zoo, run_dir, _ = shipped
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    best_epoch = json.loads((run / "metadata.json").read_text())["best_epoch"]
+    history = (run / "history.csv").read_text().splitlines()
+    columns = history[0].split(",")
+    best_loss = float(history[best_epoch].split(",")[columns.index("loss")])
+    other = tmp_path / "zoo"
+    other.mkdir()
+    (other / "tiny.yaml").write_text(TINY)
+
+    def with_later_loss(loss):
+        row = ["0.0"] * len(columns)
+        row[0], row[columns.index("loss")] = str(len(history) - 1), str(loss)
+        (run / "history.csv").write_text("\n".join(history + [",".join(row)]) + "\n")
+
+    with_later_loss(best_loss + 11 * max(abs(best_loss), 1))
+    with pytest.raises(ValueError, match=rf"blew up after its best epoch {best_epoch}: .* at epoch {len(history)}"):
+        publish(str(run), str(other), "cmd", preset="tiny")
+    assert not (other / "tiny.weights.h5").exists() and "pretrained" not in (other / "tiny.yaml").read_text()
+    with_later_loss(best_loss + 9 * max(abs(best_loss), 1))
+    assert publish(str(run), str(other), "cmd", preset="tiny")["file"] == "tiny.weights.h5"
 
 
 def test_an_altered_or_missing_weights_file_is_refused_by_name(shipped, tmp_path):

@@ -34,11 +34,15 @@ from tfvae.inference.units import active_units
 from tfvae.io import atomic_path, atomic_write_text, replace_marked_block
 from tfvae.presets import (build_model, file_sha256, list_presets, load_preset, load_weights, parse_preset,
                            pretrained_weights_path)
+from tfvae.training.callbacks import read_history
 from tfvae.training.run import BEST_WEIGHTS_FILE, load_eval_data, started_with
 from tfvae.version import __version__
 
 FINGERPRINT_EXAMPLES = 100
 FINGERPRINT_SEED = 0
+# A run whose training loss rose after its best epoch by more than this many times the best
+# epoch's (at least 1) blew up: its best weights are not those of a converged run.
+BLOW_UP_FACTOR = 10.0
 
 
 def fingerprint(model, x, condition=None, seed: int = FINGERPRINT_SEED) -> float:
@@ -66,6 +70,28 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {model}"
 
 
+def check_no_blow_up(run_dir: str, best_epoch: int | None):
+    """Raises ValueError when the run's training loss rose after its best epoch (1-based) by
+    more than BLOW_UP_FACTOR times the best epoch's loss (at least 1): the run blew up with
+    finite numbers, and early stopping then ended it on its best epoch, which is not a
+    converged model. (`ladder_bmnist` without gradient clipping went from a training loss of
+    104 at its best epoch to 2.4e11 two epochs later, and stayed above 2.8e5 for the 29
+    epochs it ran on.)"""
+    losses = {int(row["epoch"]) + 1: float(row["loss"]) for row in read_history(os.path.join(run_dir, "history.csv"))}
+    if best_epoch not in losses:
+        return
+    best = losses[best_epoch]
+    later = [(loss, epoch) for epoch, loss in losses.items() if epoch > best_epoch]
+    if not later:
+        return
+    worst, epoch = max(later)
+    if worst - best > BLOW_UP_FACTOR * max(abs(best), 1.0):
+        raise ValueError(f"{run_dir} blew up after its best epoch {best_epoch}: its training loss went from "
+                         f"{best:.4g} to {worst:.4g} at epoch {epoch} (history.csv), so its best weights are not "
+                         f"those of a converged run. Train it again with gradient clipping (training.clipnorm), "
+                         f"a KL warm-up or a lower learning rate.")
+
+
 def publish(run_dir: str, zoo_dir: str, command: str, data_dir: str | None = None, verbose: bool = True,
             preset: str | None = None) -> dict:
     """Ships a finished run's best weights with its preset: writes `<zoo_dir>/<preset>.weights.h5`
@@ -81,8 +107,8 @@ def publish(run_dir: str, zoo_dir: str, command: str, data_dir: str | None = Non
         before train_args.json recorded the name carry their directory's name there).
 
     Raises:
-      ValueError: the run is unfinished, zoo_dir has no such preset, or the run's network is
-        not the preset's under the run's protocol.
+      ValueError: the run is unfinished, zoo_dir has no such preset, the run's network is
+        not the preset's under the run's protocol, or the run blew up (`check_no_blow_up`).
     """
     metadata_path = os.path.join(run_dir, "metadata.json")
     if not os.path.isfile(metadata_path):
@@ -101,6 +127,7 @@ def publish(run_dir: str, zoo_dir: str, command: str, data_dir: str | None = Non
         differ = sorted(key for key in {*run.model, *expected} if run.model.get(key) != expected.get(key))
         raise ValueError(f"{run_dir} trained another network than preset {name!r} under the "
                          f"{metadata['protocol']} protocol (they differ in {', '.join(differ)})")
+    check_no_blow_up(run_dir, metadata["best_epoch"])
     model = build_model(run.model)                       # uncompiled: no optimizer slots to save
     load_weights(model, os.path.join(run_dir, BEST_WEIGHTS_FILE))
     weights_file = f"{name}.weights.h5"
