@@ -268,6 +268,40 @@ def test_networks_fit_any_image_shape(shape, encoder):
     assert model.elbo_terms(x, k=2)["elbo"].shape == (3,)
 
 
+def test_gated_mlp_layers_compute_the_gated_unit_and_tied_gates_give_silu(tmp_path):
+    """An encoder of gated layers computes activation(W x + b) * sigmoid(V x + c) layer by
+    layer (numpy); with V = W and c = b and a linear activation it is the SiLU network; a
+    gated model saves and reloads as a .keras archive."""
+    from tfvae.nets.mlp import GatedDense
+
+    model = VAE(data_shape=(6, 6, 1), latent_dim=3,
+                encoder={"type": "mlp", "hidden": [8, 5], "activation": "linear", "gated": True})
+    x = binary_batch(4)
+    h = x.reshape(4, -1).astype(np.float64)
+    hidden = model.encoder_net.hidden
+    assert all(isinstance(layer, GatedDense) for layer in hidden)
+    for layer in hidden:
+        kernel, bias = (w.numpy().astype(np.float64) for w in layer.both.weights)
+        a = h @ kernel + bias
+        h = a[:, :layer.units] / (1 + np.exp(-a[:, layer.units:]))
+    kernel, bias = (w.numpy().astype(np.float64) for w in model.encoder_net.out.weights)
+    np.testing.assert_allclose(model.posterior_params(x), h @ kernel + bias, rtol=1e-5, atol=1e-6)
+    # Tied gates: copy each layer's value half into a SiLU network's layer.
+    silu = VAE(data_shape=(6, 6, 1), latent_dim=3, encoder={"type": "mlp", "hidden": [8, 5], "activation": "silu"})
+    for gated_layer, silu_layer in zip(hidden, silu.encoder_net.hidden):
+        kernel, bias = (w.numpy() for w in gated_layer.both.weights)
+        units = gated_layer.units
+        gated_layer.both.set_weights([np.concatenate([kernel[:, :units]] * 2, 1), np.concatenate([bias[:units]] * 2)])
+        silu_layer.set_weights([kernel[:, :units], bias[:units]])
+    silu.encoder_net.out.set_weights(model.encoder_net.out.get_weights())
+    np.testing.assert_allclose(model.posterior_params(x), silu.posterior_params(x), rtol=1e-5, atol=1e-6)
+    path = str(tmp_path / "gated.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.posterior_params(x), model.posterior_params(x), rtol=1e-6)
+    assert loaded.get_config()["encoder"]["gated"] is True
+
+
 def test_conditional_model_uses_its_condition():
     model = tiny_vae(condition_dim=2)
     x, c = binary_batch(4), np.eye(2, dtype="float32")[[0, 1, 0, 1]]
