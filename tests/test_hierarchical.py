@@ -220,6 +220,25 @@ def test_chain_moments_are_exact_for_the_first_block_and_rao_blackwellised_for_t
     np.testing.assert_allclose(activity[[0, 3]], np.var(expected_mean[:, [0, 3]], axis=0, ddof=1), rtol=0.05)
 
 
+def test_active_units_are_counted_per_stochastic_layer():
+    """An hvae2 whose q(z1|x) mean ignores x in all but 2 units and whose q(z2|z1) mean
+    ignores z1 entirely: 2 active units, both in z1 (numpy: the encoder's output kernel and
+    q(z2|z1)'s mean kernel zeroed)."""
+    from tfvae.inference.units import active_units
+
+    model = perturb(HVAE2(data_shape=(6, 6, 1), latent_dims=(3, 2), encoder={"type": "mlp", "hidden": [8]}), seed=3)
+    kernel, bias = model.encoder_net.out.get_weights()          # [8, 2 * 3]: means, then raw scales
+    kernel[:, 2:3] = 0.0                                        # z1 unit 2: a constant mean
+    kernel[:, :2] *= 20.0                                       # units 0, 1: means that move a lot
+    model.encoder_net.out.set_weights([kernel, bias])
+    kernel, bias = model.bottom_up.out.get_weights()            # q(z2|z1): [hidden, 2 * 2]
+    kernel[:, :2] = 0.0
+    model.bottom_up.out.set_weights([kernel, bias])
+    out = active_units(model, binary_batch(200, seed=5))
+    assert out["active_per_layer"] == [2, 0] and out["active"] == 2
+    assert "active_per_layer" not in active_units(VAE(data_shape=(6, 6, 1), latent_dim=2), binary_batch(20))
+
+
 # ------------------------------------------------------------------ the one-layer limit
 def test_one_layer_hvae2_is_exactly_the_vae():
     config = dict(data_shape=SHAPE, encoder={"type": "mlp", "hidden": [16]}, seed=3)

@@ -167,7 +167,8 @@ def record_test(yaml_path: str, data_dir: str | None = None, verbose: bool = Tru
     """Evaluates the weights a preset ships on its test split, with the evaluation of the
     protocol they were trained with (k importance samples, the examples), and writes the
     numbers into its `pretrained:` section's `test` (the ELBO and log p(x) with standard
-    errors, the KL, the active units, and the proposal: "refined" for a model that refines
+    errors, the KL, the active units (and per stochastic layer, z1 first, for a model with
+    several), and the proposal: "refined" for a model that refines
     its encoder's q itself, see `evaluate`). Returns the section."""
     preset = load_preset(yaml_path)
     if preset.pretrained is None:
@@ -184,6 +185,8 @@ def record_test(yaml_path: str, data_dir: str | None = None, verbose: bool = Tru
                        **{key: round(float(report[key]), 4) for key in
                           ("elbo", "elbo_se", "log_px", "log_px_se", "kl", "kl_se")},
                        "active_units": units["active"]}
+    if "active_per_layer" in units:
+        section["test"]["active_units_per_layer"] = units["active_per_layer"]
     write_pretrained_section(yaml_path, section)
     return section
 

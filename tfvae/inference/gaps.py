@@ -314,7 +314,9 @@ def format_gap_table(report: dict) -> str:
                      + (f" ({points['map']['laplace_undefined']} examples undefined)"
                         if points['map']['laplace_undefined'] else "") + ".")
     units = report["active_units"]
-    lines += ["", f"  active units (Var_x E_q[z_i] > {units['threshold']}): {units['active']} of {units['latent_dim']}"]
+    per_layer = units.get("active_per_layer")
+    lines += ["", f"  active units (Var_x E_q[z_i] > {units['threshold']}): {units['active']} of {units['latent_dim']}"
+              + (f" ({', '.join(f'z{i + 1}: {n}' for i, n in enumerate(per_layer))})" if per_layer else "")]
     return "\n".join(lines)
 
 
