@@ -72,13 +72,13 @@ class TrainingSection:
     early stopping: "val_loss" (lower is better), the objective trained, which is the negative
     bound for most models; or "val_elbo" (higher is better), for a model whose loss carries
     terms that do not measure the fit (vqvae_bmnist's commitment term grew from 5.5 to 14
-    nats while its validation ELBO improved by 7, so its loss stayed flat). early_stopping_patience: stop after this many epochs without a
-    monitor better than the best by more than early_stopping_min_delta; the run then ends on
-    the weights of its best monitor, not on those of the last epoch that beat the best by that
-    margin. kl_warmup_epochs: the KL's weight
-    grows linearly from 0 to 1 over this many epochs; their validation losses weigh the KL by
-    less than 1 and are not compared with the later ones (neither the best epoch nor early
-    stopping counts them). steps_per_execution: training
+    nats while its validation ELBO improved by 7, so its loss stayed flat).
+    early_stopping_patience: stop after this many epochs without a monitor better than the
+    best by more than early_stopping_min_delta; the run then ends on the weights of its best
+    monitor, not on those of the last epoch that beat the best by that margin.
+    kl_warmup_epochs: the KL's weight grows linearly from 0 to 1 over this many epochs; their
+    validation losses weigh the KL by less than 1 and are not compared with the later ones
+    (neither the best epoch nor early stopping counts them). steps_per_execution: training
     steps per compiled call (10 by default: it saved 10-20% of the time per step on a 2-core CPU by calling into
     the graph, the callbacks and the metrics once per 10 steps; see docs/performance.md).
     The KL warm-up then ramps its weight once per call. jit_compile: compile the steps with

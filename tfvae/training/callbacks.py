@@ -137,11 +137,11 @@ class KLWarmup(keras.callbacks.Callback):
 
 
 class Checkpoints(keras.callbacks.Callback):
-    """Keeps the last weights and the best ones (lowest `monitor`, or highest under mode "max")
-    in two `.weights.h5` files,
-    written atomically: a crash while saving leaves the previous file intact. An epoch that
-    ends with a non-finite loss, or with a NaN or infinity in any weight (a diverged model),
-    counts for neither, so both files only ever hold finite weights.
+    """Keeps the last weights and the best ones (lowest `monitor`, or highest under mode
+    "max") in two `.weights.h5` files, written atomically: a crash while saving leaves the
+    previous file intact. An epoch that ends with a non-finite loss, or with a NaN or
+    infinity in any weight (a diverged model), counts for neither, so both files only ever
+    hold finite weights.
 
     every_seconds: least training time between two writes of the files (0: at every epoch's
     end). Between writes the epoch's weights wait in memory (`get_weights`, milliseconds;
