@@ -197,25 +197,32 @@ def test_a_run_validates_on_its_validation_split_and_evaluates_on_its_eval_split
     assert tfvae.load_preset(out).data.validation_split == "valid[:100]"
 
 
-def test_early_stopping_counts_only_improvements_beyond_min_delta(tmp_path):
-    """With a min_delta no epoch can beat, the run stops `patience` epochs after the first
-    (the converge protocol's rule: 0.1 nats in 50 epochs); best.weights.h5 still holds the
-    epoch of the lowest validation loss."""
+def _train_and_read(tmp_path, column: str, preset_text: str):
+    """Trains the preset YAML `preset_text` (no evaluation) and returns its metadata.json and
+    the history.csv column `column`, one value per epoch."""
     import csv
 
     from tfvae.training import train
 
-    preset = tmp_path / "tiny.yaml"
-    preset.write_text(
-        "model: {class: vae, data_shape: [28, 28, 1], latent_dim: 2, encoder: {type: mlp, hidden: [8]}}\n"
-        "data: {name: shapes}\n"
-        "training: {epochs: 8, batch_size: 50, steps_per_epoch: 2, jit_compile: false, image_every: 0,\n"
-        "           early_stopping_patience: 2, early_stopping_min_delta: 1.0e+9}\n")
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(preset_text)
     out = train(str(preset), out=str(tmp_path / "run"), evaluate_after=False, verbose=0)
     with open(os.path.join(out, "metadata.json")) as f:
         metadata = json.load(f)
     with open(os.path.join(out, "history.csv")) as f:
-        val_loss = [float(row["val_loss"]) for row in csv.DictReader(f)]
+        return metadata, [float(row[column]) for row in csv.DictReader(f)]
+
+
+def test_early_stopping_counts_only_improvements_beyond_min_delta(tmp_path):
+    """With a min_delta no epoch can beat, the run stops `patience` epochs after the first
+    (the converge protocol's rule: 0.1 nats in 50 epochs); best.weights.h5 still holds the
+    epoch of the lowest validation loss."""
+    metadata, val_loss = _train_and_read(
+        tmp_path, "val_loss",
+        "model: {class: vae, data_shape: [28, 28, 1], latent_dim: 2, encoder: {type: mlp, hidden: [8]}}\n"
+        "data: {name: shapes}\n"
+        "training: {epochs: 8, batch_size: 50, steps_per_epoch: 2, jit_compile: false, image_every: 0,\n"
+        "           early_stopping_patience: 2, early_stopping_min_delta: 1.0e+9}\n")
     assert metadata["epochs"] == len(val_loss) == 3
     assert metadata["best_epoch"] == 1 + int(np.argmin(val_loss))
 
@@ -245,22 +252,13 @@ def test_checkpoints_in_max_mode_keep_the_highest_monitor(tmp_path):
 def test_a_run_monitoring_the_validation_elbo_stops_and_keeps_the_best_by_it(tmp_path):
     """monitor: val_elbo (higher is better) picks the best epoch and drives early stopping:
     the run's best epoch and its length equal the rule replayed on its own history."""
-    import csv
-
-    from tfvae.training import train
-
-    preset = tmp_path / "vq.yaml"
-    preset.write_text(
+    metadata, val_elbo = _train_and_read(
+        tmp_path, "val_elbo",
         "model: {class: vqvae, data_shape: [28, 28, 1], num_latents: 2, embedding_dim: 2, codebook_size: 8,\n"
         "        encoder: {type: mlp, hidden: [8]}}\n"
         "data: {name: shapes}\n"
         "training: {epochs: 10, batch_size: 50, steps_per_epoch: 2, jit_compile: false, image_every: 0,\n"
         "           monitor: val_elbo, early_stopping_patience: 2, early_stopping_min_delta: 0.5}\n")
-    out = train(str(preset), out=str(tmp_path / "run"), evaluate_after=False, verbose=0)
-    with open(os.path.join(out, "metadata.json")) as f:
-        metadata = json.load(f)
-    with open(os.path.join(out, "history.csv")) as f:
-        val_elbo = [float(row["val_elbo"]) for row in csv.DictReader(f)]
     best, wait, stop = -np.inf, 0, 10
     for epoch, value in enumerate(val_elbo, start=1):
         if value > best + 0.5:

@@ -33,7 +33,6 @@ def active_units(model, data, threshold: float = ACTIVITY_THRESHOLD, batch_size:
            "latent_dim": model.latent_dim, "activity": activity.tolist()}
     layers = tuple(getattr(model, "latent_dims", ()))
     if len(layers) > 1:
-        ends = np.cumsum(layers)
-        out["active_per_layer"] = [int((activity[end - size:end] > threshold).sum())
-                                   for size, end in zip(layers, ends)]
+        out["active_per_layer"] = [int((layer > threshold).sum())
+                                   for layer in np.split(activity, np.cumsum(layers)[:-1])]
     return out

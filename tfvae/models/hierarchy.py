@@ -116,8 +116,9 @@ class TwoLevelChain(tfd.Distribution):
         as active)."""
         z_first = self._first.sample(samples, seed=seed)
         second = self._then(z_first)
-        second_mean = tf.reduce_mean(second.mean(), 0)
-        second_variance = tf.reduce_mean(second.variance(), 0) + tf.math.reduce_variance(second.mean(), 0)
+        conditional_means = second.mean()
+        second_mean = tf.reduce_mean(conditional_means, 0)
+        second_variance = tf.reduce_mean(second.variance(), 0) + tf.math.reduce_variance(conditional_means, 0)
         mean = self._join(self._first.mean(), second_mean)
         stddev = self._join(self._first.stddev(), tf.sqrt(second_variance))
         return mean, stddev
