@@ -166,6 +166,17 @@ def test_log_weights_and_elbo_decompose_into_the_five_factors(kind):
     np.testing.assert_allclose(terms["log_px_z"], t["log_px_z1"].mean(0), **TOL)
     np.testing.assert_allclose(terms["kl"], (log_q - log_p).mean(0), **TOL)
     np.testing.assert_allclose(terms["elbo"], (t["log_px_z1"] + log_p - log_q).mean(0), **TOL)
+    # The KL of each layer, with q's factor as q draws it: hvae2 draws z1 first, the ladder z2.
+    q_z1, q_z2 = ((t["log_q_first"], t["log_q_second"]) if kind == "hvae2"
+                  else (t["log_q_second"], t["log_q_first"]))
+    layer_kls = {"kl_z1": (q_z1 - t["log_pz1_z2"]).mean(0), "kl_z2": (q_z2 - t["log_pz2"]).mean(0)}
+    for name, expected in layer_kls.items():
+        np.testing.assert_allclose(terms[name], expected, err_msg=name, **TOL)
+    # The k-sample objectives report them too, from their own draws (those of log_weights).
+    iwae = perturb(MAKERS[kind](objective={"type": "iwae", "k": k}), seed=1)
+    reported = iwae.training_loss(x, seed=seed).terms
+    for name, expected in layer_kls.items():
+        np.testing.assert_allclose(reported[name], expected, err_msg=name, **TOL)
 
 
 @pytest.mark.parametrize("kind", ["hvae2", "ladder"])
@@ -364,11 +375,12 @@ def test_fit_evaluate_export_reload(kind, tmp_path):
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     data = tf.data.Dataset.from_tensor_slices(binary_batch(16, seed=2)).batch(8)
     history = model.fit(data, epochs=2, verbose=0, shuffle=False).history
-    assert set(history) == {"loss", "elbo", "log_px_z", "kl"}
+    assert set(history) == {"loss", "elbo", "log_px_z", "kl", "kl_z1", "kl_z2"}
     for name, values in history.items():
         assert np.all(np.isfinite(values)), name
     np.testing.assert_allclose(history["loss"], -np.asarray(history["elbo"]), rtol=1e-5)   # kl_weight = 1
     np.testing.assert_allclose(history["elbo"], np.subtract(history["log_px_z"], history["kl"]), rtol=1e-5)
+    np.testing.assert_allclose(history["kl"], np.add(history["kl_z1"], history["kl_z2"]), rtol=1e-5)
 
     x = binary_batch(6, seed=3)
     estimates = importance_sampling(model, x, 64, seed=[7, 0])

@@ -325,20 +325,30 @@ class BaseVAE(keras.Model):
             kl = tf.reduce_mean(log_qz - self.prior().log_prob(z), axis=0)
         return kl
 
+    def kl_terms(self, q, z, log_qz) -> dict:
+        """{"kl": `kl_term`} and, for a model whose KL splits into named parts (one per
+        stochastic layer: `TwoLayerVAE`), those parts, each [B], summing to kl."""
+        return {"kl": self.kl_term(q, z, log_qz)}
+
+    def bound_terms(self, log_px_z, q, z, log_qz) -> dict:
+        """The per-example ELBO terms of draws z [k, B, L] ~ q with log q(z) [k, B], given
+        log_px_z [B] (their mean log p(x|z)): log_px_z, kl and its parts (`kl_terms`), and
+        elbo = log_px_z - kl. What every objective reports."""
+        kl_terms = self.kl_terms(q, z, log_qz)
+        return {"log_px_z": log_px_z, **kl_terms, "elbo": log_px_z - kl_terms["kl"]}
+
     def elbo_terms(self, x, k: int = 1, condition=None, seed=None, posterior=None, training=False):
         """Per-example ELBO terms, in nats, each of shape [B]:
 
             log_px_z = (1/k) sum_i log p(x|z_i),  z_i ~ q(z|x)
-            kl       = KL(q(z|x) || p(z))
+            kl       = KL(q(z|x) || p(z))       (and its parts, if any: `kl_terms`)
             elbo     = log_px_z - kl
 
         posterior: use this distribution (batch shape [B]) instead of the encoder's q, e.g.
         an exact or per-example optimised posterior.
         """
         q, z, log_qz, log_px_z = self._sample_posterior(x, k, condition, seed, posterior, training)
-        log_px_z = tf.reduce_mean(log_px_z, axis=0)
-        kl = self.kl_term(q, z, log_qz)
-        return {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl}
+        return self.bound_terms(tf.reduce_mean(log_px_z, axis=0), q, z, log_qz)
 
     def log_weights(self, x, k: int, condition=None, seed=None, posterior=None):
         """Importance weights of k samples z_i ~ q per example, each [k, B]:

@@ -14,7 +14,9 @@ mean_i [log q(z_i|x) - log p(z_i)]; `elbo_terms` and `log_weights` then give
 
     log w = log p(x|z1) + log p(z1|z2) + log p(z2) - log q(z|x)
 
-(q(z|x) = q(z1|x) q(z2|z1) for hvae2, q(z2|x) q(z1|z2, x) for the ladder).
+(q(z|x) = q(z1|x) q(z2|z1) for hvae2, q(z2|x) q(z1|z2, x) for the ladder). Besides the
+total, the objectives report and `fit` logs the KL of each layer, kl_z1 and kl_z2
+(`TwoLayerVAE.kl_terms`): a layer the model does not use shows a KL near 0.
 """
 from __future__ import annotations
 
@@ -103,6 +105,13 @@ class TwoLevelChain(tfd.Distribution):
         z_first, z_second = self.split(z)
         return self._first.log_prob(z_first) + self._then(z_first).log_prob(z_second)
 
+    def layer_log_probs(self, z, log_prob):
+        """(log r(z1 | ...), log r(z2 | ...)): the two factors of log_prob = log r(z) for z
+        [..., d1 + d2], z1's first. The factor of the block drawn first is evaluated; the
+        other is the rest, log_prob minus it (no second pass through the conditional)."""
+        first = self._first.log_prob(self.split(z)[0])
+        return (first, log_prob - first) if self._first_is_z1 else (log_prob - first, first)
+
     def estimate_moments(self, samples: int, seed):
         """(mean, standard deviation) over z, each [batch..., d1 + d2]: the first block's
         exactly, the second's from `samples` draws z_a of the first, Rao-Blackwellised:
@@ -183,6 +192,9 @@ class BoundPosteriorFamily:
 
     def distribution(self, params) -> tfd.Distribution:
         return self.model.posterior_from_params(params)
+
+
+LAYER_KL_NAMES = ("kl_z1", "kl_z2")
 
 
 class TwoLayerVAE(BaseVAE):
@@ -266,6 +278,30 @@ class TwoLayerVAE(BaseVAE):
         if self.hierarchical:
             return None
         return super().analytic_kl(q)
+
+    @property
+    def extra_metrics(self) -> tuple[str, ...]:
+        """With two layers, `fit` logs the KL of each (`kl_terms`)."""
+        return LAYER_KL_NAMES if self.hierarchical else ()
+
+    def kl_terms(self, q, z, log_qz) -> dict:
+        """With two layers and q the model's chain, the KL and its parts per layer, each the
+        Monte Carlo mean over the draws z [k, B, d1 + d2] of one factor's log-ratio:
+
+            kl_z1 = mean_i [log q(z1_i | .) - log p(z1_i | z2_i)]
+            kl_z2 = mean_i [log q(z2_i | .) - log p(z2_i)]
+
+        where q(z1 | .) is q(z1|x) for hvae2 and q(z1|z2, x) for the ladder (q(z2 | .):
+        q(z2|z1) and q(z2|x)); kl = kl_z1 + kl_z2. A layer whose KL stays near 0 is unused
+        (posterior collapse). Otherwise `BaseVAE.kl_terms`."""
+        if not (self.hierarchical and isinstance(q, TwoLevelChain)):
+            return super().kl_terms(q, z, log_qz)
+        prior = self.prior()
+        log_pz = prior.log_prob(z)
+        q_layers, p_layers = q.layer_log_probs(z, log_qz), prior.layer_log_probs(z, log_pz)
+        parts = {name: tf.reduce_mean(log_q - log_p, axis=0)
+                 for name, log_q, log_p in zip(LAYER_KL_NAMES, q_layers, p_layers)}
+        return {"kl": tf.reduce_mean(log_qz - log_pz, axis=0), **parts}
 
     def decoder_inputs(self, z):
         """z1, the first d1 entries of z = [z1, z2]: p(x|z) = p(x|z1)."""

@@ -128,13 +128,12 @@ class FactorObjective(Objective):
     def loss(self, model, x, condition=None, training=False, seed=None) -> TrainingLoss:
         seed = model._seed(seed)
         q, z, log_qz, log_px_z = model._sample_posterior(x, 1, condition, seed, None, training)
-        kl = model.kl_term(q, z, log_qz)
-        log_px_z = tf.reduce_mean(log_px_z, axis=0)
+        terms = model.bound_terms(tf.reduce_mean(log_px_z, axis=0), q, z, log_qz)
         z = z[0]
         tc = self.tc_logits(model, z)
         weight = tf.cast(model.kl_weight, tf.float32)
-        loss = -tf.reduce_mean(log_px_z - weight * kl) + self.gamma * tf.reduce_mean(tc)
-        terms = {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl, "tc": tc}
+        loss = -tf.reduce_mean(terms["log_px_z"] - weight * terms["kl"]) + self.gamma * tf.reduce_mean(tc)
+        terms["tc"] = tc
         permutation_seed = tf.random.experimental.stateless_fold_in(seed, 1)
         if not training:
             disc = discriminator_terms(model.discriminator, z, permutation_seed)

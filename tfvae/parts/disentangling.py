@@ -78,13 +78,11 @@ class BetaTCObjective(Objective):
 
     def loss(self, model, x, condition=None, training=False, seed=None) -> TrainingLoss:
         q, z, log_qz, log_px_z = model._sample_posterior(x, 1, condition, seed, None, training)
-        kl = model.kl_term(q, z, log_qz)
-        log_px_z = tf.reduce_mean(log_px_z, axis=0)
+        terms = model.bound_terms(tf.reduce_mean(log_px_z, axis=0), q, z, log_qz)
         parts = self.kl_decomposition(model, q, z[0], log_qz[0])
         penalty = self.alpha * parts["mi"] + self.beta * parts["tc"] + self.gamma * parts["dimwise_kl"]
         weight = tf.cast(model.kl_weight, tf.float32)
-        return TrainingLoss(-tf.reduce_mean(log_px_z - weight * penalty),
-                            {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl, **parts})
+        return TrainingLoss(-tf.reduce_mean(terms["log_px_z"] - weight * penalty), {**terms, **parts})
 
 
 def batch_covariance(mu):

@@ -91,9 +91,7 @@ def mmd_and_terms(model, x, condition, training, seed, kernel, scale):
     `elbo_terms(x, 1, seed=seed)`), the prior draws use it folded in with 1."""
     seed = model._seed(seed)
     q, z, log_qz, log_px_z = model._sample_posterior(x, 1, condition, seed, None, training)
-    log_px_z = tf.reduce_mean(log_px_z, axis=0)
-    kl = model.kl_term(q, z, log_qz)
-    terms = {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl}
+    terms = model.bound_terms(tf.reduce_mean(log_px_z, axis=0), q, z, log_qz)
     z_q = z[0]
     z_p = model.prior().sample(tf.shape(z_q)[0], seed=tf.random.experimental.stateless_fold_in(seed, 1))
     return mmd2(z_q, z_p, kernel, scale), terms

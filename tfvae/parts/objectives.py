@@ -14,7 +14,8 @@ that treat the two differently. The model's one generic training step differenti
 
 The KL rule: the ELBO's KL(q || p) is TFP's closed form when one is registered for the pair of
 distributions and the model's kl is "analytic", else the Monte Carlo mean of
-log q(z) - log p(z) over the objective's own draws (`BaseVAE.kl_term`).
+log q(z) - log p(z) over the objective's own draws (`BaseVAE.kl_term`); every objective reports
+its terms through `BaseVAE.bound_terms`, which adds the KL's parts where a model has them.
 """
 from __future__ import annotations
 
@@ -143,9 +144,9 @@ def draw_weights(model, x, n: int, condition=None, seed=None, training=False):
     (kl_weight is 1 except during KL warm-up, where it tempers the prior/posterior ratio as
     in the VAE's loss). Also returns `log_w_fixed_q`, the same values with q's parameters
     stopped in log q (the DReG form), and the ordinary ELBO terms of these samples: log_px_z
-    = mean_i log p(x|z_i), kl = KL(q || p) (the KL rule of this module), elbo = log_px_z - kl,
-    each [B]. The samples are drawn exactly as in `BaseVAE.log_weights`: with the same seed
-    both see the same z.
+    = mean_i log p(x|z_i), kl = KL(q || p) (the KL rule of this module; `BaseVAE.bound_terms`)
+    and elbo = log_px_z - kl, each [B]. The samples are drawn exactly as in
+    `BaseVAE.log_weights`: with the same seed both see the same z.
     """
     params = model.posterior_params(x, condition, training=training)
     q = model.posterior_family.distribution(params)
@@ -153,11 +154,9 @@ def draw_weights(model, x, n: int, condition=None, seed=None, training=False):
     log_pz = model.prior().log_prob(z)
     log_qz_fixed = model.posterior_family.distribution(tf.stop_gradient(params)).log_prob(z)
     weight = tf.cast(model.kl_weight, log_px_z.dtype)
-    mean_log_px_z = tf.reduce_mean(log_px_z, axis=0)
-    kl = model.kl_term(q, z, log_qz)
     return {"log_w": log_px_z + weight * (log_pz - log_qz),
             "log_w_fixed_q": log_px_z + weight * (log_pz - log_qz_fixed),
-            "terms": {"log_px_z": mean_log_px_z, "kl": kl, "elbo": mean_log_px_z - kl}}
+            "terms": model.bound_terms(tf.reduce_mean(log_px_z, axis=0), q, z, log_qz)}
 
 
 @register_part("objective", "iwae")

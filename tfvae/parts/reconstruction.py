@@ -195,12 +195,11 @@ class ReconstructionObjective(Objective):
         q = model.encode(x, condition, training=training)
         z, log_qz = q.experimental_sample_and_log_prob(1, seed=model._seed(seed))     # [1, B, L], [1, B]
         p = model.decode(z, condition, training=training)                             # batch shape [1, B]
-        log_px_z = p.log_prob(x)[0]
+        terms = model.bound_terms(p.log_prob(x)[0], q, z, log_qz)
         recon = self.reconstruction_loss(x, p.mean()[0])
-        kl = model.kl_term(q, z, log_qz)
         weight = tf.cast(model.kl_weight, tf.float32)
-        loss = tf.reduce_mean(self.effective_recon_weight * recon + (weight * self.beta) * kl)
-        return TrainingLoss(loss, {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl, "recon_loss": recon})
+        loss = tf.reduce_mean(self.effective_recon_weight * recon + (weight * self.beta) * terms["kl"])
+        return TrainingLoss(loss, {**terms, "recon_loss": recon})
 
 
 @register_part("objective", "mssim")
