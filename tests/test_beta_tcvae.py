@@ -1,4 +1,6 @@
 """beta-TCVAE: the minibatch-weighted-sampling estimates against brute-force numpy sums, the
+stratified ones against the exact aggregate posterior (on the whole data set, and on average
+over every batch of it), the
 decomposition identity (alpha = beta = gamma = 1 gives the VAE loss with a Monte Carlo KL),
 the weighting, fit and config round trip (export: tests/test_contract.py)."""
 import functools
@@ -13,7 +15,7 @@ import tfvae
 import variant_helpers
 from tfvae.config import ConfigError
 from tfvae.models import VAE
-from tfvae.models.beta_tcvae import BetaTCVAE, minibatch_weighted_sampling
+from tfvae.models.beta_tcvae import BetaTCVAE, minibatch_stratified_sampling, minibatch_weighted_sampling
 from tfvae.seeds import as_seed
 
 tfd = tfp.distributions
@@ -65,6 +67,59 @@ def test_mws_estimates_match_brute_force():
     qz, prod = minibatch_weighted_sampling(far.astype(np.float32), loc_far.astype(np.float32),
                                            scale.astype(np.float32), n)
     assert np.all(np.isfinite(qz.numpy())) and np.all(np.isfinite(prod.numpy()))
+
+
+def exact_aggregate(z, loc, scale):
+    """log q(z_i) and log prod_l q(z_il) under the exact aggregate posterior of a data set whose
+    posteriors are N(loc_n, diag(scale_n^2)), n = 1..N: q(z) = (1/N) sum_n q(z|x_n)."""
+    densities = np.array([[[normal_pdf(zl, loc[n, l], scale[n, l]) for l, zl in enumerate(zi)]
+                           for n in range(len(loc))] for zi in z])                  # [i, n, l]
+    return np.log(densities.prod(-1).mean(1)), np.log(densities.mean(1)).sum(-1)
+
+
+def test_mss_is_exact_on_the_whole_data_set_and_unbiased_on_a_batch_of_it():
+    rng = np.random.default_rng(3)
+    n, dims = 5, 2
+    loc = rng.normal(size=(n, dims))
+    scale = rng.uniform(0.4, 1.2, size=(n, dims))
+    z = loc + scale * rng.normal(size=(n, dims))
+    as32 = functools.partial(np.asarray, dtype=np.float32)
+    want_qz, want_prod = exact_aggregate(z, loc, scale)
+    # The batch is the whole data set (M = N): the estimate is the aggregate posterior itself.
+    got_qz, got_prod = minibatch_stratified_sampling(as32(z), as32(loc), as32(scale), n)
+    np.testing.assert_allclose(got_qz.numpy(), want_qz, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_prod.numpy(), want_prod, rtol=1e-5, atol=1e-5)
+    # MWS weighs each pair 1/(N M) instead of 1/N: low by log M here.
+    mws_qz, _ = minibatch_weighted_sampling(as32(z), as32(loc), as32(scale), n)
+    np.testing.assert_allclose(mws_qz.numpy(), want_qz - math.log(n), rtol=1e-5, atol=1e-5)
+    # A batch of M = 3: example 0 with every pair of the 4 others, equally likely. The mean of
+    # the estimates of q(z_0) (and, with one latent, of q(z_01)) over all 6 batches is exact.
+    for d in (slice(None), slice(0, 1)):
+        estimates = [math.exp(minibatch_stratified_sampling(as32(z[batch, d]), as32(loc[batch, d]),
+                                                            as32(scale[batch, d]), n)[0][0].numpy())
+                     for batch in ([0, a, b] for a in range(1, n) for b in range(a + 1, n))]
+        assert len(estimates) == 6
+        np.testing.assert_allclose(np.mean(estimates), math.exp(exact_aggregate(z[:, d], loc[:, d],
+                                                                                scale[:, d])[0][0]), rtol=1e-5)
+    # One example: only its own term, weighed 1/N.
+    single_qz, _ = minibatch_stratified_sampling(as32(z[:1]), as32(loc[:1]), as32(scale[:1]), n)
+    own = sum(math.log(normal_pdf(z[0, l], loc[0, l], scale[0, l])) for l in range(dims))
+    np.testing.assert_allclose(single_qz.numpy(), [own - math.log(n)], rtol=1e-5)
+
+
+def test_the_estimator_is_a_setting_of_the_model():
+    mws, mss = (BetaTCVAE(**TINY, dataset_size=8, estimator=e, seed=1) for e in ("mws", "mss"))
+    mss.set_weights(mws.get_weights())
+    q = mws.encode(X)
+    z, log_qz = q.experimental_sample_and_log_prob(seed=as_seed(4))
+    for model, estimate in ((mws, minibatch_weighted_sampling), (mss, minibatch_stratified_sampling)):
+        parts = model.kl_decomposition(q, z, log_qz)
+        log_q_agg, _ = estimate(z, q.mean(), q.stddev(), 8)
+        np.testing.assert_allclose(parts["mi"], log_qz - log_q_agg, rtol=1e-5, atol=1e-5)
+    assert mss.get_config()["estimator"] == "mss"
+    assert BetaTCVAE.from_config(mss.get_config()).objective_part.estimator == "mss"
+    with pytest.raises(ConfigError, match="estimator"):
+        BetaTCVAE(**TINY, estimator="exact")
 
 
 def test_model_terms_match_brute_force_on_a_fixed_posterior():
@@ -143,8 +198,8 @@ def test_fit_reports_the_decomposition_and_config_round_trips():
         assert name in history and np.all(np.isfinite(history[name])), name
 
     config = model.get_config()
-    assert {k: config[k] for k in ("alpha", "beta", "gamma", "dataset_size")} == \
-        {"alpha": 1.0, "beta": 6.0, "gamma": 1.0, "dataset_size": 64}
+    assert {k: config[k] for k in ("alpha", "beta", "gamma", "dataset_size", "estimator")} == \
+        {"alpha": 1.0, "beta": 6.0, "gamma": 1.0, "dataset_size": 64, "estimator": "mws"}
     clone = BetaTCVAE.from_config(config)
     assert clone.get_config() == config
     clone.set_weights(model.get_weights())

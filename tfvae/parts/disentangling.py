@@ -2,8 +2,8 @@
 
 - `beta_tcvae` (Chen et al. 2018): the ELBO's KL split into index-code mutual information,
   total correlation and dimension-wise KL, weighted alpha, beta, gamma; log q(z) and
-  log prod_l q(z_l) by minibatch-weighted sampling over the batch (`tfvae.models.beta_tcvae`
-  has the math). The estimator needs the per-dimension densities q(z_l|x_j): a diagonal
+  log prod_l q(z_l) by minibatch-weighted or minibatch-stratified sampling over the batch
+  (`tfvae.models.beta_tcvae` has the math). The estimator needs the per-dimension densities q(z_l|x_j): a diagonal
   Gaussian posterior.
 - `dip` (Kumar et al. 2018): the negative ELBO plus a penalty driving the batch covariance of
   the encoder means (DIP-VAE-I) or of q(z) (DIP-VAE-II) towards I (`tfvae.models.dip_vae`).
@@ -26,6 +26,27 @@ tfd = tfp.distributions
 DECOMPOSITION = ("mi", "tc", "dimwise_kl")
 
 
+def pairwise_log_densities(z, loc, scale):
+    """log q(z_il | x_j) for every pair (i, j) of a batch: [M (i), M (j), L], for z, loc and
+    scale [M, L] (q(z|x_j) = N(loc_j, diag(scale_j^2)))."""
+    z, loc, scale = (tf.convert_to_tensor(t, tf.float32) for t in (z, loc, scale))
+    return tfd.Normal(loc=loc[tf.newaxis], scale=scale[tf.newaxis]).log_prob(z[:, tf.newaxis])
+
+
+def weighted_aggregate(log_q_pairs, log_weights):
+    """(log q(z_i), log prod_l q(z_il)), each [M], as weighted sums over the batch:
+
+        q(z_i) ~= sum_j w_ij q(z_i | x_j),   q(z_il) ~= sum_j w_ij q(z_il | x_j)
+
+    log_q_pairs [M, M, L] (`pairwise_log_densities`), log_weights [M, M] (or a scalar)."""
+    log_weights = tf.convert_to_tensor(log_weights, tf.float32)
+    log_qz = tf.reduce_logsumexp(tf.reduce_sum(log_q_pairs, axis=-1) + log_weights, axis=1)
+    if log_weights.shape.rank:
+        log_weights = log_weights[..., tf.newaxis]
+    log_prod_qzl = tf.reduce_sum(tf.reduce_logsumexp(log_q_pairs + log_weights, axis=1), axis=-1)
+    return log_qz, log_prod_qzl
+
+
 def minibatch_weighted_sampling(z, loc, scale, dataset_size):
     """MWS estimates of log q(z_i) and log prod_l q(z_il), each [M], for z [M, L] with
     z_i drawn from q(z|x_i) = N(loc_i, diag(scale_i^2)), loc and scale [M, L]:
@@ -33,15 +54,36 @@ def minibatch_weighted_sampling(z, loc, scale, dataset_size):
         log q(z_i)          = logsumexp_j sum_l log N(z_il; loc_jl, scale_jl) - log(N M)
         log prod_l q(z_il)  = sum_l [logsumexp_j log N(z_il; loc_jl, scale_jl) - log(N M)]
 
-    N = dataset_size, M = the batch size (the leading dimension of z)."""
-    z, loc, scale = (tf.convert_to_tensor(t, tf.float32) for t in (z, loc, scale))
-    # log q(z_il | x_j) for every pair (i, j): [M (i), M (j), L].
-    log_q_pairs = tfd.Normal(loc=loc[tf.newaxis], scale=scale[tf.newaxis]).log_prob(z[:, tf.newaxis])
-    batch = tf.cast(tf.shape(z)[0], tf.float32)
-    log_nm = tf.math.log(batch) + math.log(float(dataset_size))
-    log_qz = tf.reduce_logsumexp(tf.reduce_sum(log_q_pairs, axis=-1), axis=1) - log_nm
-    log_prod_qzl = tf.reduce_sum(tf.reduce_logsumexp(log_q_pairs, axis=1) - log_nm, axis=-1)
-    return log_qz, log_prod_qzl
+    N = dataset_size, M the batch size (the leading dimension of z): every pair weighs
+    w_ij = 1/(N M), so each estimate is low by a factor between 1/M and 1/N
+    (`tfvae.models.beta_tcvae` says what that does to the TC)."""
+    log_q_pairs = pairwise_log_densities(z, loc, scale)
+    batch = tf.cast(tf.shape(log_q_pairs)[0], tf.float32)
+    return weighted_aggregate(log_q_pairs, -(tf.math.log(batch) + math.log(float(dataset_size))))
+
+
+def minibatch_stratified_sampling(z, loc, scale, dataset_size):
+    """MSS estimates of log q(z_i) and log prod_l q(z_il), each [M] (arguments as
+    `minibatch_weighted_sampling`): z_i's own example keeps its exact weight in
+    q(z) = (1/N) sum_n q(z|x_n), and the batch's M - 1 others stand for the other N - 1:
+
+        q(z_i)  ~= (1/N) q(z_i | x_i) + (N - 1)/(N (M - 1)) sum_{j != i} q(z_i | x_j)
+
+    and the same weights for every marginal q(z_il). When the others are drawn uniformly
+    from the rest of the data set, each estimate is unbiased (its log is biased low, by
+    Jensen's inequality, only), and with M = N it is exact. Chen et al. (2018, appendix
+    C.2) give one of the others a different weight; the expectation is the same. With M = 1
+    only the own term is left."""
+    log_q_pairs = pairwise_log_densities(z, loc, scale)
+    n = float(dataset_size)
+    batch = tf.shape(log_q_pairs)[0]
+    others = tf.maximum(tf.cast(batch, tf.float32) - 1.0, 1.0)
+    log_weights = tf.where(tf.eye(batch, dtype=tf.bool), -math.log(n),
+                           math.log((n - 1.0) / n) - tf.math.log(others))
+    return weighted_aggregate(log_q_pairs, log_weights)
+
+
+AGGREGATE_ESTIMATORS = {"mws": minibatch_weighted_sampling, "mss": minibatch_stratified_sampling}
 
 
 @register_part("objective", "beta_tcvae")
@@ -54,7 +96,10 @@ class BetaTCObjective(Objective):
       alpha: weight of the index-code mutual information.
       beta: weight of the total correlation (Chen et al. vary it; 6 is a typical value).
       gamma: weight of the dimension-wise KL.
-      dataset_size: N, the number of training examples, in the MWS normaliser log(N M).
+      dataset_size: N, the number of training examples, in the estimator's weights.
+      estimator: how log q(z) and log prod_l q(z_l) are estimated from the batch: "mws"
+        (`minibatch_weighted_sampling`, Chen et al.'s default) or "mss"
+        (`minibatch_stratified_sampling`, unbiased in q(z); far closer with many latents).
     """
 
     extra_metrics = DECOMPOSITION
@@ -62,17 +107,20 @@ class BetaTCObjective(Objective):
     posteriors_reason = "minibatch-weighted sampling needs the per-dimension densities q(z_l|x) of a diagonal Gaussian"
 
     def __init__(self, alpha: NonNegativeFloat = 1.0, beta: NonNegativeFloat = 6.0, gamma: NonNegativeFloat = 1.0,
-                 dataset_size: PositiveInt = 50_000):
+                 dataset_size: PositiveInt = 50_000, estimator: Literal["mws", "mss"] = "mws"):
         super().__init__()
         self.alpha, self.beta, self.gamma, self.dataset_size = alpha, beta, gamma, dataset_size
+        self.estimator = estimator
 
     def get_config(self):
-        return {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "dataset_size": self.dataset_size}
+        return {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "dataset_size": self.dataset_size,
+                "estimator": self.estimator}
 
     def kl_decomposition(self, model, q, z, log_qz):
         """Per-example (mi, tc, dimwise_kl), each [B], for one draw z [B, L] from the diagonal
         Gaussian q (batch shape [B]) with log q(z|x) [B]."""
-        log_q_agg, log_prod_q = minibatch_weighted_sampling(z, q.mean(), q.stddev(), self.dataset_size)
+        estimate = AGGREGATE_ESTIMATORS[self.estimator]
+        log_q_agg, log_prod_q = estimate(z, q.mean(), q.stddev(), self.dataset_size)
         log_pz = model.prior().log_prob(z)
         return {"mi": log_qz - log_q_agg, "tc": log_q_agg - log_prod_q, "dimwise_kl": log_prod_q - log_pz}
 
