@@ -11,7 +11,7 @@ import pytest
 import tfvae
 from tfvae.cli import main
 
-RUN_FILES = ["config.yaml", "model.weights.h5", "best.weights.h5", "history.csv", "metadata.json",
+RUN_FILES = ["config.yaml", "model.weights.h5", "best.weights.h5", "history.csv", "curves.png", "metadata.json",
              "evaluation.json", "images/epoch_001.png", "images/epoch_002.png"]
 
 

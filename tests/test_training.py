@@ -270,3 +270,43 @@ def test_a_run_monitoring_the_validation_elbo_stops_and_keeps_the_best_by_it(tmp
                 break
     assert metadata["epochs"] == len(val_elbo) == stop
     assert metadata["best_epoch"] == 1 + int(np.argmax(val_elbo))
+
+
+def test_learning_curves_show_each_metric_and_its_validation_twin(tmp_path):
+    """The series plotted are history.csv's columns, epoch by epoch (empty cells left out);
+    kl_weight and the model's other terms stay off the KL panel; each panel's y-range leaves
+    out the first epochs' values, which dwarf the rest."""
+    import csv
+    import io
+
+    from tfvae.training.callbacks import read_history
+    from tfvae.training.curves import learning_curve_series, plot_learning_curves, value_range
+
+    epochs = 20
+    elbo = -100.0 + 10.0 * np.log1p(np.arange(epochs))
+    elbo[0] = -5000.0                                           # the first epoch's outlier
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["epoch", "elbo", "kl", "kl_weight", "kl_z1", "loss", "mi", "val_elbo", "val_kl_z1"])
+    for e in range(epochs):
+        writer.writerow([e, elbo[e], 20.0 + e, min(1.0, e / 5), 15.0 + e, -elbo[e], 3.0, elbo[e] - 2,
+                         "" if e % 2 else 14.0 + e])
+    path = tmp_path / "history.csv"
+    path.write_text(text.getvalue())
+    rows = read_history(str(path))
+
+    series = learning_curve_series(rows)
+    assert {panel: sorted(shown) for panel, shown in series.items()} == {
+        "loss": ["loss"], "elbo": ["elbo", "val_elbo"], "kl": ["kl", "kl_z1", "val_kl_z1"]}
+    x, y = series["elbo"]["elbo"]
+    np.testing.assert_array_equal(x, np.arange(1, epochs + 1))
+    np.testing.assert_allclose(y, elbo)
+    x, y = series["kl"]["val_kl_z1"]
+    np.testing.assert_array_equal(x, np.arange(1, epochs + 1, 2))
+    np.testing.assert_allclose(y, 14.0 + np.arange(0, epochs, 2))
+    low, high = value_range(series["elbo"], skip=2)
+    assert elbo[2:].max() < high < 0 and -103.0 < low < elbo[2:].min() - 2     # val_elbo reaches elbo - 2
+
+    out = tmp_path / "curves.png"
+    assert plot_learning_curves(rows, str(out), best_epoch=7).keys() == series.keys()
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,10 @@
                            then at most every checkpoint_seconds)
       best.weights.h5      weights of the epoch with the lowest validation loss (on the
                            validation split, else the evaluation split), written as often
-      history.csv          per-epoch metrics (loss, elbo, log_px_z, kl and their val_ twins)
+      history.csv          per-epoch metrics (loss, elbo, log_px_z, kl, the model's own terms, and
+                           their val_ twins)
+      curves.png           the learning curves: loss, ELBO and KL per epoch, the best epoch marked
+                           (`tfvae.training.curves`; redrawn at most every minute)
       images/epoch_NNN.png data, reconstructions and prior samples after each epoch
       evaluation.json      ELBO and importance-sampled log p(x) on the evaluation split
       metadata.json        versions, data set, seed, timings, final metrics
@@ -36,12 +39,14 @@ from tfvae.io import atomic_write_text, remove_stale_temporaries
 from tfvae.presets import (CONFIG_FILE, DEFAULT_PRESET, WEIGHTS_FILE, EvaluationSection, Preset, TrainingSection,
                            build_model, compile_model, load_preset, load_weights)
 from tfvae.training.callbacks import (DIVERGENCE_HINTS, Checkpoints, HistoryCSV, ImageGrid, KLWarmup,
-                                      StopOnNonFinite, TrainingDiverged, learning_rate_schedule, read_history)
+                                      LearningCurves, StopOnNonFinite, TrainingDiverged, learning_rate_schedule,
+                                      read_history)
 from tfvae.training.distribute import make_strategy, prepare_dataset, supported_steps_per_execution
 from tfvae.training.resume import RESUME_FILE, ResumeState, read_state
 from tfvae.version import versions
 
 BEST_WEIGHTS_FILE = "best.weights.h5"
+CURVES_FILE = "curves.png"
 TRAIN_ARGS_FILE = "train_args.json"     # how the run was started, for --resume
 
 
@@ -172,8 +177,9 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
     checkpoints = Checkpoints(os.path.join(out, WEIGHTS_FILE), os.path.join(out, BEST_WEIGHTS_FILE),
                               monitor=t.monitor, mode=mode, every_seconds=t.checkpoint_seconds,
                               start_from_epoch=t.kl_warmup_epochs)
-    run_callbacks = [StopOnNonFinite(os.path.join(out, WEIGHTS_FILE)), checkpoints,
-                     HistoryCSV(history_path, read_history(history_path, epoch) if state else ()),
+    history = HistoryCSV(history_path, read_history(history_path, epoch) if state else ())
+    run_callbacks = [StopOnNonFinite(os.path.join(out, WEIGHTS_FILE)), checkpoints, history,
+                     LearningCurves(os.path.join(out, CURVES_FILE), history, checkpoints),
                      ImageGrid(grid_x, os.path.join(out, "images"), grid_condition, every=t.image_every, seed=t.seed)]
     if t.kl_warmup_epochs:
         run_callbacks.insert(0, KLWarmup(t.kl_warmup_epochs, steps_per_epoch))
