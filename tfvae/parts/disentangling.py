@@ -3,8 +3,8 @@
 - `beta_tcvae` (Chen et al. 2018): the ELBO's KL split into index-code mutual information,
   total correlation and dimension-wise KL, weighted alpha, beta, gamma; log q(z) and
   log prod_l q(z_l) by minibatch-weighted or minibatch-stratified sampling over the batch
-  (`tfvae.models.beta_tcvae` has the math). The estimator needs the per-dimension densities q(z_l|x_j): a diagonal
-  Gaussian posterior.
+  (`tfvae.models.beta_tcvae` has the math). Both need the per-dimension densities
+  q(z_l|x_j): a diagonal Gaussian posterior.
 - `dip` (Kumar et al. 2018): the negative ELBO plus a penalty driving the batch covariance of
   the encoder means (DIP-VAE-I) or of q(z) (DIP-VAE-II) towards I (`tfvae.models.dip_vae`).
 """
