@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 import tfvae
 import variant_helpers
@@ -219,6 +220,28 @@ def test_importance_sampling_equals_the_elbo():
     np.testing.assert_allclose(lw["log_pz"].numpy(), -L * math.log(K), rtol=1e-6)
     elbo = model.elbo_terms(X)["elbo"].numpy()
     np.testing.assert_allclose(importance_sampling(model, X, k=7, compiled=False)["log_px"].numpy(), elbo, rtol=1e-5)
+
+
+def test_importance_sampling_draws_a_point_mass_proposal_once(monkeypatch):
+    """Its k weights are equal, so L_k = log w_1: k = 5000 costs one draw and gives the same."""
+    model = tiny()
+    draws = []
+    log_weights = model.log_weights
+
+    def counting(x, k, *args, **kwargs):
+        draws.append(int(k))
+        return log_weights(x, k, *args, **kwargs)
+
+    monkeypatch.setattr(model, "log_weights", counting)
+    estimate = importance_sampling(model, X, k=5000, compiled=False)
+    assert draws == [1]
+    np.testing.assert_allclose(estimate["log_px"].numpy(), model.elbo_terms(X)["elbo"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(estimate["elbo"].numpy(), estimate["log_px"].numpy(), rtol=1e-5)
+    # A proposal that is not a point mass is drawn k times.
+    draws.clear()
+    gaussian = tfp.distributions.MultivariateNormalDiag(loc=tf.zeros([len(X), L * D]))
+    importance_sampling(model, X, k=3, compiled=False, proposal=gaussian)
+    assert sum(draws) == 3
 
 
 def test_codebook_usage_matches_numpy():
