@@ -99,14 +99,14 @@ def test_refinement_raises_the_elbo_of_a_fixed_model():
 def test_evaluate_samples_from_the_refined_posterior():
     """evaluate's proposal for an SA-VAE is its refined q: the same numbers as importance
     sampling from model.refine's q with evaluate's seeds, and the refined ELBO, well above
-    the encoder's. A model without a refinement of its own refuses refine=True."""
+    the encoder's. A model without a refinement of its own refuses proposal="refined"."""
     from tfvae.inference.evaluate import evaluate
     keras.utils.set_random_seed(1)
     model = SAVAE(refine_steps=10, refine_learning_rate=0.2, **TINY)
     perturb(model, 1, scale=0.5)
     x = binary_batch(32, seed=2)
     refined = evaluate(model, x, k=200, batch_size=32, verbose=False)
-    encoder = evaluate(model, x, k=200, batch_size=32, verbose=False, refine=False)
+    encoder = evaluate(model, x, k=200, batch_size=32, verbose=False, proposal="encoder")
     assert (refined["proposal"], encoder["proposal"]) == ("refined", "encoder")
     q = model.posterior_family.distribution(model.refine(x, seed=[1, 0]).params)
     direct = importance_sampling(model, x, 200, seed=[0, 0], proposal=q)
@@ -117,7 +117,7 @@ def test_evaluate_samples_from_the_refined_posterior():
     assert refined["elbo"] > encoder["elbo"] + 5.0
     vae = VAE(**TINY)
     with pytest.raises(ValueError, match="no refinement of its posterior"):
-        evaluate(vae, x, k=2, verbose=False, refine=True)
+        evaluate(vae, x, k=2, verbose=False, proposal="refined")
 
 
 # ----------------------------------------------------------------- gradients

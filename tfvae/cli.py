@@ -106,7 +106,7 @@ def cmd_evaluate(args):
     out_path = args.out or os.path.join(output_dir(args.run_dir, tfvae.load_preset(args.run_dir)), "evaluation.json")
     report = evaluate_run(args.run_dir, args.data_dir, k=args.k, examples=args.examples, split=args.split,
                           seed=args.seed, out_path=out_path, disentanglement=not args.no_disentanglement,
-                          factor_examples=args.factor_examples)
+                          factor_examples=args.factor_examples, proposal=args.proposal)
     _print_report(report)
     print(f"Wrote {out_path}")
 
@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of tfvae train, or a trained zoo preset")
     p.add_argument("--k", type=int, help="importance samples per example (default: the preset's)")
     p.add_argument("--examples", type=int, help="examples drawn at random (default: the preset's)")
+    p.add_argument("--proposal", choices=("encoder", "refined", "optimized"),
+                   help="what the k samples are drawn from: the encoder's q, the model's own refinement of it "
+                        "(an SA-VAE's), or a diagonal Gaussian fitted to each example (default: the preset's)")
     _add_data_options(p)
     p.add_argument("--factor-examples", type=int, default=10000,
                    help="draws of the generative factors for MIG, SAP and DCI (data sets with factors; default 10000)")

@@ -124,11 +124,15 @@ class TrainingSection:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationSection:
-    """k importance samples on `examples` test examples drawn at random (None: all)."""
+    """k importance samples on `examples` test examples drawn at random (None: all), drawn
+    from `proposal` (`tfvae.evaluate`'s: None is the encoder's q, or the model's own
+    refinement of it; "optimized" fits a diagonal Gaussian to each example, for a model
+    whose encoder is a poor proposal)."""
 
     k: PositiveInt = 5000
     examples: PositiveInt | None = 1000
     batch_size: PositiveInt = 100
+    proposal: Literal["encoder", "refined", "optimized"] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

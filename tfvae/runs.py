@@ -72,15 +72,17 @@ def evaluation_examples(preset, model, data_dir, examples: int, split: str | Non
 
 def evaluate_run(run_dir: str, data_dir=None, k: int | None = None, examples: int | None = None,
                  split: str | None = None, seed: int = 0, out_path: str | None = None,
-                 disentanglement: bool = True, factor_examples: int = 10000, verbose: bool = True) -> dict:
+                 disentanglement: bool = True, factor_examples: int = 10000, verbose: bool = True,
+                 proposal: str | None = None) -> dict:
     """What `tfvae evaluate RUN_DIR` runs: ELBO and importance-sampled log p(x) on the evaluation
-    split (`evaluate`), and, when the run's data set has known generative factors (`shapes`,
+    split (`evaluate`, with `proposal`, default the preset's evaluation proposal), and, when the run's data set has known generative factors (`shapes`,
     `shapes64`, `dsprites`) and `disentanglement`, the disentanglement metrics of the encoder
     means on `factor_examples` fresh draws of its factors (`tfvae.metrics.report`) under the
     key "disentanglement". Written as JSON to `out_path` (default RUN_DIR/evaluation.json)."""
     preset, model, data_dir = load_run(run_dir, data_dir)
     data = load_eval_data(preset, data_dir, examples=examples, split=split, seed=seed)
-    report = evaluate(model, data, k=k or preset.evaluation.k, seed=seed, verbose=verbose)
+    report = evaluate(model, data, k=k or preset.evaluation.k, seed=seed, verbose=verbose,
+                      proposal=proposal or preset.evaluation.proposal)
     if disentanglement and datasets.info(preset.data.name).factor_names:
         source = datasets.factor_source(preset.data.name, data_dir)
         report["disentanglement"] = disentanglement_report(model, source, examples=factor_examples, seed=seed,

@@ -43,6 +43,8 @@ FINGERPRINT_SEED = 0
 # A run whose training loss rose after its best epoch by more than this many times the best
 # epoch's (at least 1) blew up: its best weights are not those of a converged run.
 BLOW_UP_FACTOR = 10.0
+# How the zoo table names a test evaluation's proposal when it is not the encoder's q.
+PROPOSAL_LABELS = {"refined": ", refined q", "optimized": ", per-example q*"}
 
 
 def fingerprint(model, x, condition=None, seed: int = FINGERPRINT_SEED) -> float:
@@ -177,7 +179,7 @@ def record_test(yaml_path: str, data_dir: str | None = None, verbose: bool = Tru
     model = build_model({**preset.model, **(preset.pretrained.model or {})})
     load_weights(model, pretrained_weights_path(preset))
     test_data = load_eval_data(run, data_dir)
-    report = evaluate(model, test_data, k=run.evaluation.k, verbose=verbose)
+    report = evaluate(model, test_data, k=run.evaluation.k, verbose=verbose, proposal=run.evaluation.proposal)
     units = active_units(model, test_data)
     section = dataclasses.asdict(preset.pretrained)
     section["test"] = {"split": run.data.eval_split, "k": report["k"], "examples": report["examples"],
@@ -244,7 +246,7 @@ def zoo_table() -> str:
             rows.append(f"| `{name}` | {run['name']} | {epochs} | {time} | not yet evaluated | | | {paper} | |")
             continue
         difference = "" if published is None or caveat else f"{-test['log_px'] - published:+.2f}"
-        proposal = ", refined q" if test.get("proposal") == "refined" else ""
+        proposal = PROPOSAL_LABELS.get(test.get("proposal"), "")
         rows.append(f"| `{name}` | {run['name']} | {epochs} | {time} | {test['elbo']:.2f} ± {test['elbo_se']:.2f} | "
                     f"{test['log_px']:.2f} ± {test['log_px_se']:.2f} | k = {test['k']:,}, {test['examples']:,} "
                     f"images{proposal} | {paper} | {difference} |")

@@ -247,7 +247,7 @@ def train(preset: str | Preset | None = None, out: str | None = None, data_dir: 
             print(f"Evaluating on {preset.evaluation.examples or 'all'} {preset.data.eval_split} examples "
                   f"with k={preset.evaluation.k} importance samples")
         report = evaluate(vae, load_eval_data(preset, data_dir), k=preset.evaluation.k, verbose=bool(verbose),
-                          out_path=os.path.join(out, "evaluation.json"))
+                          out_path=os.path.join(out, "evaluation.json"), proposal=preset.evaluation.proposal)
         metadata["evaluation"] = report
     atomic_write_text(os.path.join(out, "metadata.json"), json.dumps(metadata, indent=2) + "\n")
     if os.path.exists(state_path):
