@@ -75,8 +75,8 @@ def evaluate_run(run_dir: str, data_dir=None, k: int | None = None, examples: in
                  disentanglement: bool = True, factor_examples: int = 10000, verbose: bool = True,
                  proposal: str | None = None) -> dict:
     """What `tfvae evaluate RUN_DIR` runs: ELBO and importance-sampled log p(x) on the evaluation
-    split (`evaluate`, with `proposal`, default the preset's evaluation proposal), and, when the run's data set has known generative factors (`shapes`,
-    `shapes64`, `dsprites`) and `disentanglement`, the disentanglement metrics of the encoder
+    split (`evaluate`, with `proposal`, default the preset's evaluation proposal), and, when
+    the run's data set has known generative factors (`shapes`, `shapes64`, `dsprites`) and `disentanglement`, the disentanglement metrics of the encoder
     means on `factor_examples` fresh draws of its factors (`tfvae.metrics.report`) under the
     key "disentanglement". Written as JSON to `out_path` (default RUN_DIR/evaluation.json)."""
     preset, model, data_dir = load_run(run_dir, data_dir)

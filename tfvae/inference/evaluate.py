@@ -6,8 +6,8 @@ for a model that refines its posterior itself (the SA-VAE), that q refined by th
 steps, the posterior the model was trained to use; or, on request, a diagonal Gaussian q*
 fitted to each example alone (`optimize_posterior`), for a model whose encoder is a poor
 proposal (WAE's, whose scales shrink to their floor). Each is fixed before the k draws, so
-log p(x) stays a stochastic lower bound that a better proposal only tightens. The report gives their means over the
-examples with standard errors (std / sqrt(n)), the gap log p(x) - ELBO (= KL(q(z|x) || p(z|x))
+log p(x) stays a stochastic lower bound that a better proposal only tightens. The report
+gives their means over the examples with standard errors (std / sqrt(n)), the gap log p(x) - ELBO (= KL(q(z|x) || p(z|x))
 on average, up to the bias of the k-sample estimate), and bits per dimension.
 """
 from __future__ import annotations

@@ -5,11 +5,11 @@ With a proposal r(z|x) (by default the encoder's q(z|x)) and k samples z_i ~ r:
     log p(x) ~= log (1/k) sum_i w_i,   w_i = p(x|z_i) p(z_i) / r(z_i|x)
 
 This is the IWAE bound L_k (Burda et al. 2016): E[L_k] <= log p(x), increasing in k and
-converging to log p(x) as k -> inf. A point-mass proposal (VQ-VAE's q) draws the same z every
-time, so its k weights are equal and L_k = log w_1 for every k: it is drawn once. The k samples are drawn in chunks inside one compiled
-graph, one after another, with a running log-sum-exp, so that k = 5000 needs memory for one
-chunk only (for a 784-512-256-32 MLP VAE, the process peaked at 1.4 GB resident at k=5000 for
-batches of 20 and of 500 examples alike). The same pass gives the k-sample ELBO terms,
+converging to log p(x) as k -> inf. A point-mass proposal (VQ-VAE's q) draws the same z
+every time, so its k weights are equal and L_k = log w_1 for every k: it is drawn once. The
+k samples are drawn in chunks inside one compiled graph, one after another, with a running
+log-sum-exp, so that k = 5000 needs memory for one chunk only (for a 784-512-256-32 MLP VAE,
+the process peaked at 1.4 GB resident at k=5000 for batches of 20 and of 500 examples alike). The same pass gives the k-sample ELBO terms,
 (1/k) sum_i log p(x|z_i) and the KL.
 """
 from __future__ import annotations

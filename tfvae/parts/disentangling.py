@@ -104,7 +104,7 @@ class BetaTCObjective(Objective):
 
     extra_metrics = DECOMPOSITION
     posteriors = ("diagonal",)
-    posteriors_reason = "minibatch-weighted sampling needs the per-dimension densities q(z_l|x) of a diagonal Gaussian"
+    posteriors_reason = "minibatch-weighted and stratified sampling need the per-dimension densities q(z_l|x) of a diagonal Gaussian"
 
     def __init__(self, alpha: NonNegativeFloat = 1.0, beta: NonNegativeFloat = 6.0, gamma: NonNegativeFloat = 1.0,
                  dataset_size: PositiveInt = 50_000, estimator: Literal["mws", "mss"] = "mws"):
