@@ -33,6 +33,17 @@ def made_masks(event_size: int, hidden: tuple[int, ...], params: int) -> list[np
     return masks
 
 
+def _lift(term, h):
+    """`term` [B, W] with leading axes of size 1 added up to h's rank [..., B, W], so that
+    h + term broadcasts without changing rank. The result is the same as the plain sum's; the
+    plain sum of a rank-3 h and a rank-2 term, followed by ELU, broke oneDNN's graph rewrite
+    (TensorFlow 2.20-2.21 on an AVX-512 AMD EPYC): with static shapes [1, 1, W] and [1, W] (one
+    sample of one example) the gradient failed with "EluGrad ... must have the same size and
+    shape. Input 0: [1,1,W] != input 1: [1,W]"."""
+    extra = (h.shape.rank or 0) - (term.shape.rank or 0)
+    return term[(None,) * extra + (Ellipsis,)] if extra > 0 else term
+
+
 class MADE(keras.layers.Layer):
     """Autoregressive network: z [..., L] (and a context [B, H]) -> [..., L, params], where
     output [..., i, :] depends on z[..., :i] and the context only.
@@ -79,7 +90,7 @@ class MADE(keras.layers.Layer):
             h = tf.linalg.matmul(h, tf.cast(kernel, h.dtype) * tf.cast(mask, h.dtype)) + tf.cast(bias, h.dtype)
             if self.context_size and i in (0, last):
                 context_kernel = self.context_kernel if i == 0 else self.output_context_kernel
-                h = h + tf.linalg.matmul(tf.cast(context, h.dtype), tf.cast(context_kernel, h.dtype))
+                h = h + _lift(tf.linalg.matmul(tf.cast(context, h.dtype), tf.cast(context_kernel, h.dtype)), h)
             if i < last:
                 h = self.activation(h)
         return tf.reshape(h, tf.concat([tf.shape(h)[:-1], [self.event_size, self.params]], 0))
