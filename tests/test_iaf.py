@@ -108,7 +108,6 @@ def test_made_outputs_depend_on_earlier_inputs_only():
     assert made_masks(1, (4,), 2)[-1].sum() == 8 and made_masks(1, (4,), 2)[0].sum() == 0
 
 
-
 @pytest.mark.parametrize("samples, batch", [(1, 1), (3, 2)])
 def test_made_gradients_through_k_draws_equal_those_of_each_draw_alone(samples, batch):
     """z [k, B, L] against a context [B, H], compiled with static shapes, ELU hidden units:
@@ -133,6 +132,7 @@ def test_made_gradients_through_k_draws_equal_those_of_each_draw_alone(samples, 
     np.testing.assert_allclose(together[0].numpy(), np.stack([a[0].numpy() for a in alone]), rtol=1e-5, atol=1e-6)
     for j in range(1, len(together)):
         np.testing.assert_allclose(together[j].numpy(), sum(a[j].numpy() for a in alone), rtol=1e-5, atol=1e-5)
+
 
 # ------------------------------------------------------------------ the flow
 @pytest.mark.parametrize("update", ["gated", "affine"])
